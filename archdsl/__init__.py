@@ -1,0 +1,1 @@
+"""archdsl: a compiler for neural sequence-model architectures."""
