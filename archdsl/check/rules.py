@@ -1,0 +1,270 @@
+"""The checker: small named rules over the IR and its graphs, one per error class.
+
+Each rule takes the architecture and returns diagnostics (empty when it holds). Rules
+run in order; `check_arch` collects everything and raises one `ArchError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import networkx as nx
+
+from archdsl import vocab
+from archdsl.errors import ArchError, Diagnostic
+from archdsl.graph.build import block_graph, block_reads, call_graph, calls_in
+from archdsl.ir.expr import Num
+from archdsl.ir.memory import Memory
+from archdsl.ir.mixers import Attention, Conv, MatrixMixer
+from archdsl.ir.spec import Arch, Assign, Mixer
+
+Rule = Callable[[Arch], list[Diagnostic]]
+IDENTIFIER_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def is_identifier(name: str) -> bool:
+    import keyword
+
+    return bool(name) and set(name) <= IDENTIFIER_CHARS and not name[0].isdigit() and not keyword.iskeyword(name)
+
+
+def rule_identifiers(arch: Arch) -> list[Diagnostic]:
+    """Names from a spec reach generated Python: only plain identifiers are allowed.
+
+    The grammar guarantees it for text specs; this guards IR built in Python."""
+    names: list[tuple[str, object]] = [(arch.name, arch.loc)]
+    names += [(p.name, p.loc) for p in arch.params]
+    names += [(m.name, m.loc) for m in arch.mixers]
+    for b in arch.blocks:
+        names.append((b.name, b.loc))
+        names += [(p, b.loc) for p in b.params]
+        names += [(s.target, s.loc) for s in b.body if isinstance(s, Assign)]
+    return [
+        Diagnostic(f"{name!r} is not a valid name", loc, "names are letters, digits and `_`, not starting with a digit")  # type: ignore[arg-type]
+        for name, loc in names
+        if not is_identifier(name)
+    ]
+
+
+def rule_conventional_params(arch: Arch) -> list[Diagnostic]:
+    missing = [p for p in ("d_model", "heads") if p not in {q.name for q in arch.params}]
+    if not missing or arch.model is None and not arch.mixers and not arch.blocks:
+        return []
+    return [
+        Diagnostic(
+            f"the `arch` header must declare {', '.join(f'`{m}`' for m in missing)}",
+            arch.loc,
+            "every spec uses the conventional names d_model, layers, heads, vocab",
+        )
+    ]
+
+
+def rule_block_cycles(arch: Arch) -> list[Diagnostic]:
+    g = call_graph(arch)
+    try:
+        cycle = nx.find_cycle(g)
+    except nx.NetworkXNoCycle:
+        return []
+    names = [u for u, _ in cycle] + [cycle[0][0]]
+    loc = g.edges[cycle[-1]].get("loc")
+    return [Diagnostic(f"blocks call each other in a cycle: {' -> '.join(names)}", loc, "a block cannot use itself, even indirectly")]
+
+
+def rule_shapes(arch: Arch) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    for block in arch.blocks:
+        try:
+            block_graph(arch, block)
+        except ArchError as err:
+            out.extend(err.diagnostics)
+    return out
+
+
+def rule_unused_bindings(arch: Arch) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    for block in arch.blocks:
+        reads = _reads_per_assignment(block)
+        for stmt, used in reads:
+            if not used:
+                out.append(
+                    Diagnostic(
+                        f"`{stmt.target}` is assigned but never used in block `{block.name}`",
+                        stmt.loc,
+                        "remove it, or use it in a later statement",
+                    )
+                )
+        read_names = block_reads(arch, block) if not out else set()
+        for p in block.params:
+            if not out and p not in read_names:
+                out.append(Diagnostic(f"input `{p}` of block `{block.name}` is never used", block.loc))
+    return out
+
+
+def _reads_per_assignment(block: object) -> list[tuple[Assign, bool]]:
+    """For each assignment: is that binding read before being reassigned or the end?"""
+    body = block.body  # type: ignore[attr-defined]
+    result: list[tuple[Assign, bool]] = []
+    for i, stmt in enumerate(body):
+        if not isinstance(stmt, Assign):
+            continue
+        used = False
+        for later in body[i + 1 :]:
+            if stmt.target in _names(later.value):
+                used = True
+                break
+            if isinstance(later, Assign) and later.target == stmt.target:
+                break
+        result.append((stmt, used))
+    return result
+
+
+def _names(e: object) -> set[str]:
+    from archdsl.frontend.evaluate import names_in
+
+    return names_in(e)  # type: ignore[arg-type]
+
+
+def rule_unused_declarations(arch: Arch) -> list[Diagnostic]:
+    if arch.model is None:
+        return []
+    g = call_graph(arch)
+    reachable = nx.descendants(g, "<model>")
+    out = []
+    for m in arch.mixers:
+        if m.name not in reachable:
+            out.append(Diagnostic(f"{_kind(m)} `{m.name}` is declared but never used", m.loc, "use it in a block, or remove it"))
+    for b in arch.blocks:
+        if b.name not in reachable:
+            out.append(Diagnostic(f"block `{b.name}` is declared but never used", b.loc, "add it to the model, or remove it"))
+    return out
+
+
+def _kind(m: Mixer) -> str:
+    return "memory" if isinstance(m, Memory) else "mixer"
+
+
+def is_bidirectional(m: Mixer) -> bool:
+    if isinstance(m, Attention):
+        return not m.causal
+    if isinstance(m, MatrixMixer):
+        return m.direction == "bidirectional"
+    if isinstance(m, Conv):
+        return not m.causal
+    return False
+
+
+def rule_causality(arch: Arch) -> list[Diagnostic]:
+    """A mixer that sees the future inside a causal LM would leak targets into inputs."""
+    if arch.model is None or arch.model.head.kind not in vocab.CAUSAL_HEADS:
+        return []
+    g = call_graph(arch)
+    reachable = nx.descendants(g, "<model>")
+    out = []
+    for block in arch.blocks:
+        if block.name not in reachable:
+            continue
+        for stmt in block.body:
+            for call in calls_in(stmt.value):
+                m = arch.mixer(call.func)
+                leaky = m is not None and is_bidirectional(m)
+                leaky_op = call.func == "shortconv" and _kwarg_false(call, "causal")
+                if leaky or leaky_op:
+                    what = f"{_kind(m)} `{call.func}`" if m is not None else "`shortconv(causal = false)`"
+                    out.append(
+                        Diagnostic(
+                            f"{what} sees future tokens, but the model is a causal LM",
+                            call.loc,
+                            "use a causal mixer here, or a `masked_lm` / `classifier` / `encoder` head",
+                        )
+                    )
+    return out
+
+
+def _kwarg_false(call: object, name: str) -> bool:
+    value = call.kwarg(name)  # type: ignore[attr-defined]
+    return isinstance(value, Num) and value.value is False
+
+
+def rule_memory_combinations(arch: Arch) -> list[Diagnostic]:
+    """Combinations of the four Miras choices that have no defined meaning."""
+    out = []
+    for m in arch.mixers:
+        if not isinstance(m, Memory):
+            continue
+        if m.learner.kind == "implicit" and not (m.structure.kind == "matrix" and m.bias.kind == "l2"):
+            out.append(
+                Diagnostic(
+                    "the `implicit` learner is Longhorn's closed form, defined for a matrix memory with the l2 bias",
+                    m.learner.loc,
+                    "use `structure = matrix` and `bias = l2`, or `learner = gd`",
+                )
+            )
+        if m.retention.tie_key and not (
+            m.retention.kind == "decay" and m.retention.alpha is not None and m.retention.alpha.per == "channel"
+        ):
+            out.append(
+                Diagnostic(
+                    "`tie_key` (key = 1 - alpha, HGRN2) needs a per-channel decay",
+                    m.retention.loc,
+                    "write `retention = decay(alpha = data(per = channel), tie_key = true)`",
+                )
+            )
+        f = m.features
+        if m.structure.kind == "vector" and f.dk is not None and f.dv is not None and f.dk != f.dv:
+            out.append(Diagnostic("a vector memory needs dk == dv", f.loc))
+        if m.bias.kind == "lp" and m.bias.p < 1:
+            out.append(Diagnostic("lp needs p >= 1", m.bias.loc))
+    return out
+
+
+def rule_mixer_dims(arch: Arch) -> list[Diagnostic]:
+    out = []
+    d = arch.d_model
+    for m in arch.mixers:
+        if isinstance(m, Attention) and m.heads is not None and d % m.heads:
+            out.append(Diagnostic(f"attention heads = {m.heads} does not divide d_model = {d}", m.loc))
+        if isinstance(m, Attention) and m.kv_heads is not None and (m.heads or arch.heads) % m.kv_heads:
+            out.append(Diagnostic(f"kv_heads = {m.kv_heads} does not divide the number of query heads", m.loc))
+        if isinstance(m, MatrixMixer):
+            inner = int(m.expand * d)
+            if inner % m.headdim:
+                out.append(
+                    Diagnostic(
+                        f"headdim = {m.headdim} does not divide the inner width expand * d_model = {inner}",
+                        m.loc,
+                        "choose headdim among its divisors",
+                    )
+                )
+            if m.cls == "dense" and m.max_len < 1:
+                out.append(Diagnostic("a dense mixer needs `max_len` (its matrix is T x T)", m.loc))
+        if isinstance(m, Memory):
+            dk = m.features.dk or d // arch.heads
+            if m.features.dk is None and d % arch.heads:
+                out.append(Diagnostic("heads must divide d_model for the memory's head size", m.loc))
+            del dk
+    return out
+
+
+RULES: tuple[Rule, ...] = (
+    rule_identifiers,
+    rule_conventional_params,
+    rule_block_cycles,
+    rule_shapes,
+    rule_unused_bindings,
+    rule_unused_declarations,
+    rule_causality,
+    rule_memory_combinations,
+    rule_mixer_dims,
+)
+
+
+def check_arch(arch: Arch) -> None:
+    """Run every rule; raise one ArchError with all diagnostics, in source order."""
+    diags: list[Diagnostic] = []
+    for rule in RULES:
+        diags.extend(rule(arch))
+        if rule in (rule_identifiers, rule_block_cycles) and diags:
+            break  # later rules assume valid names and an acyclic call graph
+    if diags:
+        diags.sort(key=lambda d: (d.loc.file, d.loc.line, d.loc.column) if d.loc else ("", 0, 0))
+        raise ArchError(diagnostics=diags)

@@ -1,0 +1,403 @@
+"""AST -> IR: parameters, declarations and defaults resolved; dataflow names bound.
+
+Resolution evaluates the `arch` header (with build-time overrides), `let`s, and every
+option against the closed vocabulary (`archdsl.vocab`), and gathers declarations from
+imported files. What it cannot resolve is a located `ArchError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from archdsl import vocab
+from archdsl.errors import ArchError, did_you_mean
+from archdsl.frontend import ast
+from archdsl.frontend.evaluate import Value, evaluate
+from archdsl.frontend.load import SourceSet
+from archdsl.frontend.schema import Schema, bind
+from archdsl.ir.base import Loc
+from archdsl.ir.expr import BinOp, Call, Expr, Kwarg, Name, Neg, Num, Str
+from archdsl.ir.memory import Bias, Features, Learner, Memory, Retention, Structure
+from archdsl.ir.mixers import Attention, Conv, MatrixMixer
+from archdsl.ir.spec import (
+    Arch,
+    Assign,
+    Block,
+    BlockRef,
+    Head,
+    Mixer,
+    Model,
+    Param,
+    Repeat,
+    Return,
+    Stage,
+)
+
+
+@dataclass
+class _Scope:
+    """Declarations visible to the root spec: name -> (AST node, file it came from)."""
+
+    decls: dict[str, ast.Decl] = field(default_factory=dict)
+    local: set[str] = field(default_factory=set)
+
+
+def resolve(sources: SourceSet, overrides: Mapping[str, Value] | None = None) -> Arch:
+    """The IR of the root spec of `sources`, with parameter `overrides` applied."""
+    root = sources.root
+    _reject_extras(root)
+    env, params = _parameters(root, overrides or {})
+    scope = _gather(sources)
+    _check_names(scope)
+    env = _lets(scope, env)
+    mixers = tuple(_mixer(d, env) for d in scope.decls.values() if isinstance(d, ast.MemoryDecl | ast.MixerDecl))
+    mixer_names = {m.name for m in mixers}
+    block_decls = {n: d for n, d in scope.decls.items() if isinstance(d, ast.BlockDecl)}
+    blocks = tuple(_block(d, env, mixer_names, block_decls) for d in block_decls.values())
+    model = _model(root.model, env, block_decls) if root.model else None
+    name = root.header.name if root.header else "spec"
+    lets = tuple(Param(name=d.name, value=env[d.name], loc=d.loc) for d in scope.decls.values() if isinstance(d, ast.Let))
+    return Arch(name=name, params=params + lets, mixers=mixers, blocks=blocks, model=model, loc=root.header.loc if root.header else None)
+
+
+def _reject_extras(root: ast.SpecFile) -> None:
+    if root.extra_headers:
+        raise ArchError("a spec has one `arch` header", root.extra_headers[0].loc, "remove the second header")
+    if root.extra_models:
+        raise ArchError("a spec has one `model`", root.extra_models[0].loc, "remove the second model")
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def _parameters(root: ast.SpecFile, overrides: Mapping[str, Value]) -> tuple[dict[str, Value], tuple[Param, ...]]:
+    env: dict[str, Value] = {}
+    params: list[Param] = []
+    declared = [p.name for p in root.header.params] if root.header else []
+    for key in overrides:
+        if key not in declared:
+            raise ArchError(
+                f"no parameter `{key}` to override",
+                root.header.loc if root.header else None,
+                did_you_mean(key, declared) or f"parameters: {', '.join(declared)}",
+            )
+    for p in root.header.params if root.header else ():
+        if p.name in env:
+            raise ArchError(f"parameter `{p.name}` declared twice", p.loc)
+        value = overrides[p.name] if p.name in overrides else evaluate(p.value, env, f"parameter `{p.name}`")
+        env[p.name] = value
+        params.append(Param(name=p.name, value=value, loc=p.loc))
+    _check_dims(env, root)
+    return env, tuple(params)
+
+
+def _check_dims(env: Mapping[str, Value], root: ast.SpecFile) -> None:
+    loc = {p.name: p.loc for p in root.header.params} if root.header else {}
+    for name in vocab.CONVENTIONAL_PARAMS:
+        if name not in env:
+            continue
+        value = env[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ArchError(f"`{name}` must be a positive whole number, got {value!r}", loc.get(name))
+    d_model, heads = env.get("d_model"), env.get("heads")
+    if isinstance(d_model, int) and isinstance(heads, int) and d_model % heads:
+        raise ArchError(
+            f"heads = {heads} does not divide d_model = {d_model}",
+            loc.get("heads"),
+            f"choose heads among the divisors of {d_model}, e.g. {_divisor_near(d_model, heads)}",
+        )
+
+
+def _divisor_near(n: int, k: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - k))
+
+
+def _lets(scope: _Scope, env: dict[str, Value]) -> dict[str, Value]:
+    env = dict(env)
+    for decl in scope.decls.values():
+        if isinstance(decl, ast.Let):
+            if decl.name in env:
+                raise ArchError(f"`{decl.name}` is already a parameter", decl.loc, "choose another name")
+            env[decl.name] = evaluate(decl.value, env, f"`let {decl.name}`")
+    return env
+
+
+# ---------------------------------------------------------------- declarations
+
+
+def _decl_name(d: ast.Decl) -> str:
+    return d.name
+
+
+def _gather(sources: SourceSet) -> _Scope:
+    """Root declarations plus what its imports bring (recursively), duplicates refused."""
+    scope = _Scope()
+    seen_files: set[str] = set()
+
+    def add(decl: ast.Decl, local: bool) -> None:
+        name = _decl_name(decl)
+        if name in scope.decls:
+            first = scope.decls[name].loc
+            raise ArchError(f"`{name}` is defined twice (first at {first})", decl.loc, "rename one of them")
+        scope.decls[name] = decl
+        if local:
+            scope.local.add(name)
+
+    def visit(file: str, names: tuple[str, ...] | None, imp: ast.Import | None) -> None:
+        spec = sources.files[file]
+        for sub_imp, sub_file in sources.edges.get(file, []):
+            if sub_file not in seen_files:
+                seen_files.add(sub_file)
+                visit(sub_file, sub_imp.names, sub_imp)
+        available = {_decl_name(d): d for d in spec.decls}
+        for name in names or ():
+            if name not in available:
+                assert imp is not None
+                raise ArchError(
+                    f"`{name}` is not defined in '{imp.path}'",
+                    imp.loc,
+                    did_you_mean(name, list(available)),
+                )
+        for decl in spec.decls:
+            if file == sources.root.file or names is None or decl.name in names:
+                add(decl, local=file == sources.root.file)
+
+    visit(sources.root.file, None, None)
+    return scope
+
+
+def _check_names(scope: _Scope) -> None:
+    for name, decl in scope.decls.items():
+        if name in vocab.RESERVED_NAMES or name in ("head", "heads"):
+            raise ArchError(
+                f"`{name}` is a built-in name and cannot be redefined",
+                decl.loc,
+                f"rename it, e.g. `my_{name}`",
+            )
+
+
+def _mixer(decl: ast.MemoryDecl | ast.MixerDecl, env: Mapping[str, Value]) -> Mixer:
+    if isinstance(decl, ast.MemoryDecl):
+        return _memory(decl, env)
+    value = decl.value
+    if not isinstance(value, Call | Name):
+        raise ArchError(f"mixer `{decl.name}` must be a call such as `attention(causal)`", decl.loc)
+    kind = value.func if isinstance(value, Call) else value.name
+    if kind not in vocab.MIXER_KINDS:
+        raise ArchError(f"unknown mixer kind `{kind}`", value.loc, did_you_mean(kind, list(vocab.MIXER_KINDS)))
+    opts, _ = bind(vocab.MIXER_KINDS[kind], value, env, f"mixer `{decl.name}`")
+    if kind == "attention":
+        return Attention(name=decl.name, loc=decl.loc, **opts)
+    if kind == "matrix":
+        return MatrixMixer(name=decl.name, loc=decl.loc, **opts)
+    return Conv(name=decl.name, loc=decl.loc, **opts)
+
+
+def _choice(entry: ast.Entry, table: Mapping[str, Schema], env: Mapping[str, Value], mem: str) -> tuple[str, dict[str, Any]]:
+    value = entry.value
+    if not isinstance(value, Call | Name):
+        raise ArchError(
+            f"`{entry.key}` of memory `{mem}` must be one of {', '.join(table)}",
+            value.loc,
+            f"e.g. `{entry.key} = {next(iter(table))}`",
+        )
+    kind = value.func if isinstance(value, Call) else value.name
+    if kind not in table:
+        raise ArchError(
+            f"unknown {entry.key} `{kind}` in memory `{mem}`",
+            value.loc,
+            did_you_mean(kind, list(table)),
+        )
+    opts, _ = bind(table[kind], value, env, f"{entry.key} of memory `{mem}`")
+    return kind, opts
+
+
+def _memory(decl: ast.MemoryDecl, env: Mapping[str, Value]) -> Memory:
+    entries: dict[str, ast.Entry] = {}
+    for e in decl.entries:
+        if e.key not in vocab.MEMORY_ENTRIES:
+            raise ArchError(
+                f"memory `{decl.name}` has no entry `{e.key}`",
+                e.loc,
+                did_you_mean(e.key, list(vocab.MEMORY_ENTRIES)),
+            )
+        if e.key in entries:
+            raise ArchError(f"`{e.key}` given twice in memory `{decl.name}`", e.loc)
+        entries[e.key] = e
+    for key in vocab.MEMORY_REQUIRED:
+        if key not in entries:
+            raise ArchError(
+                f"memory `{decl.name}` needs a `{key}`",
+                decl.loc,
+                f"add e.g. `{key} = {next(iter(vocab.MEMORY_CHOICES[key]))}`",
+            )
+    parts: dict[str, Any] = {}
+    for key, table in vocab.MEMORY_CHOICES.items():
+        if key in entries:
+            kind, opts = _choice(entries[key], table, env, decl.name)
+        else:
+            kind, opts = "none", {}
+        parts[key] = (kind, opts, entries[key].value.loc if key in entries else None)
+    structure = Structure(kind=parts["structure"][0], loc=parts["structure"][2], **parts["structure"][1])
+    bias = Bias(kind=parts["bias"][0], loc=parts["bias"][2], **parts["bias"][1])
+    retention = Retention(kind=parts["retention"][0], loc=parts["retention"][2], **parts["retention"][1])
+    learner = Learner(kind=parts["learner"][0], loc=parts["learner"][2], **parts["learner"][1])
+    batch = 1
+    if "batch" in entries:
+        batch = _positive_int(entries["batch"], env, decl.name)
+    features = Features()
+    if "features" in entries:
+        value = entries["features"].value
+        if not (isinstance(value, Call | Name) and (value.func if isinstance(value, Call) else value.name) == "qkv"):
+            raise ArchError("`features` must be `qkv(...)`", value.loc, "e.g. `features = qkv(conv = 4, norm = l2)`")
+        opts, _ = bind(vocab.FEATURES, value, env, f"features of memory `{decl.name}`")
+        features = Features(loc=value.loc, **opts)
+    return Memory(
+        name=decl.name,
+        structure=structure,
+        bias=bias,
+        retention=retention,
+        learner=learner,
+        batch=batch,
+        features=features,
+        loc=decl.loc,
+    )
+
+
+def _positive_int(entry: ast.Entry, env: Mapping[str, Value], mem: str) -> int:
+    value = evaluate(entry.value, env, f"`{entry.key}` of memory `{mem}`")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 1:
+        raise ArchError(f"`{entry.key}` of memory `{mem}` must be a whole number >= 1, got {value!r}", entry.value.loc)
+    return int(value)
+
+
+# ---------------------------------------------------------------- blocks
+
+
+def _block(decl: ast.BlockDecl, env: Mapping[str, Value], mixers: set[str], blocks: Mapping[str, ast.BlockDecl]) -> Block:
+    if not decl.params:
+        raise ArchError(f"block `{decl.name}` needs at least one input", decl.loc, f"write `block {decl.name}(x) {{ ... }}`")
+    if len(set(decl.params)) != len(decl.params):
+        raise ArchError(f"block `{decl.name}` names an input twice", decl.loc)
+    for p in decl.params:
+        if p in env:
+            raise ArchError(f"block input `{p}` hides the parameter `{p}`", decl.loc, "rename the input")
+    bound = set(decl.params)
+    body: list[Assign | Return] = []
+    for i, stmt in enumerate(decl.body):
+        value = _dataflow(stmt.value, env, bound, mixers, blocks, decl.name)
+        if isinstance(stmt, ast.Return):
+            if i != len(decl.body) - 1:
+                raise ArchError("statement after `return` is never run", decl.body[i + 1].loc, "move the `return` last")
+            body.append(Return(value=value, loc=stmt.loc))
+            continue
+        if stmt.target in env:
+            raise ArchError(f"`{stmt.target}` is a parameter and cannot be assigned", stmt.loc, "use another name")
+        if stmt.target in mixers or stmt.target in blocks or stmt.target in vocab.BLOCK_OPS:
+            raise ArchError(f"`{stmt.target}` names a mixer, block or op and cannot be assigned", stmt.loc)
+        bound.add(stmt.target)
+        body.append(Assign(target=stmt.target, value=value, loc=stmt.loc))
+    if not body or not isinstance(body[-1], Return):
+        raise ArchError(f"block `{decl.name}` has no `return`", decl.loc, "end the block with `return <value>`")
+    return Block(name=decl.name, params=decl.params, body=tuple(body), loc=decl.loc)
+
+
+def _dataflow(
+    expr: Expr,
+    env: Mapping[str, Value],
+    bound: set[str],
+    mixers: set[str],
+    blocks: Mapping[str, ast.BlockDecl],
+    block: str,
+) -> Expr:
+    def walk(e: Expr) -> Expr:
+        if isinstance(e, Name):
+            if e.name in bound:
+                return e
+            if e.name in env:
+                value = env[e.name]
+                return Str(value=value, loc=e.loc) if isinstance(value, str) else Num(value=value, loc=e.loc)
+            raise ArchError(
+                f"`{e.name}` is not defined in block `{block}`",
+                e.loc,
+                did_you_mean(e.name, list(bound | set(env))) or "assign it before use",
+            )
+        if isinstance(e, Num | Str):
+            return e
+        if isinstance(e, Neg):
+            return Neg(operand=walk(e.operand), loc=e.loc)
+        if isinstance(e, BinOp):
+            return BinOp(op=e.op, lhs=walk(e.lhs), rhs=walk(e.rhs), loc=e.loc)
+        assert isinstance(e, Call)
+        return _call(e, walk, env, mixers, blocks, block)
+
+    return walk(expr)
+
+
+def _call(e: Call, walk: Any, env: Mapping[str, Value], mixers: set[str], blocks: Mapping[str, ast.BlockDecl], block: str) -> Call:
+    if e.func in mixers or e.func in blocks:
+        arity = 1 if e.func in mixers else len(blocks[e.func].params)
+        kind = "mixer" if e.func in mixers else "block"
+        if e.kwargs:
+            raise ArchError(f"{kind} `{e.func}` takes no options at the call", e.kwargs[0].loc, "options go in its declaration")
+        if len(e.args) != arity:
+            raise ArchError(f"{kind} `{e.func}` takes {arity} input(s), got {len(e.args)}", e.loc)
+        return Call(func=e.func, args=tuple(walk(a) for a in e.args), loc=e.loc)
+    if e.func not in vocab.BLOCK_OPS:
+        choices = list(vocab.BLOCK_OPS) + list(mixers) + list(blocks)
+        raise ArchError(f"unknown function `{e.func}` in block `{block}`", e.loc, did_you_mean(e.func, choices))
+    op = vocab.BLOCK_OPS[e.func]
+    if len(e.args) != op.arity:
+        raise ArchError(
+            f"`{e.func}` takes {op.arity} input(s), got {len(e.args)}",
+            e.loc,
+            "options are given by name, e.g. `" + e.func + "(x, " + (next(iter(op.schema.options), "")) + " = ...)`"
+            if op.schema.options
+            else None,
+        )
+    opts, _ = bind(op.schema, Call(func=e.func, kwargs=e.kwargs, loc=e.loc), env, f"`{e.func}`")
+    kwargs = tuple(Kwarg(name=k, value=_const(v)) for k, v in opts.items() if v is not None)
+    return Call(func=e.func, args=tuple(walk(a) for a in e.args), kwargs=kwargs, loc=e.loc)
+
+
+def _const(value: Value) -> Expr:
+    if isinstance(value, str):
+        return Name(name=value)
+    return Num(value=value)
+
+
+# ---------------------------------------------------------------- model
+
+
+def _model(decl: ast.ModelDecl, env: Mapping[str, Value], blocks: Mapping[str, ast.BlockDecl]) -> Model:
+    head_call = decl.head
+    if head_call.func not in vocab.HEADS:
+        raise ArchError(f"unknown model head `{head_call.func}`", head_call.loc, did_you_mean(head_call.func, list(vocab.HEADS)))
+    opts, _ = bind(vocab.HEADS[head_call.func], head_call, env, f"model head `{head_call.func}`")
+    head = Head(kind=head_call.func, loc=head_call.loc, **opts)  # type: ignore[arg-type]
+    if not decl.stages:
+        raise ArchError("the model has no blocks", decl.loc, "e.g. `{ repeat(layers) my_block }`")
+    return Model(head=head, stages=tuple(_stage(s, env, blocks) for s in decl.stages), loc=decl.loc)
+
+
+def _stage(stage: ast.Stage, env: Mapping[str, Value], blocks: Mapping[str, ast.BlockDecl]) -> Stage:
+    if isinstance(stage, ast.StageBlock):
+        if stage.name not in blocks:
+            raise ArchError(f"unknown block `{stage.name}` in the model", stage.loc, did_you_mean(stage.name, list(blocks)))
+        if len(blocks[stage.name].params) != 1:
+            raise ArchError(
+                f"block `{stage.name}` takes {len(blocks[stage.name].params)} inputs; a model stage takes one",
+                stage.loc,
+            )
+        return BlockRef(block=stage.name, loc=stage.loc)
+    opts, _ = bind(vocab.REPEAT, stage.call, env, "`repeat`")
+    if not stage.body:
+        raise ArchError("`repeat` needs a body", stage.loc)
+    body = tuple(_stage(s, env, blocks) for s in stage.body)
+    return Repeat(n=opts["n"], shared=opts["shared"], body=body, loc=stage.loc)
+
+
+def loc_of(node: Any) -> Loc | None:
+    return getattr(node, "loc", None)

@@ -1,0 +1,152 @@
+"""Softmax attention as a layer: projections, masks that compose, positions, persistent
+tokens and sinks. Backends: `reference` (explicit softmax over the materialised mask),
+`torch` (scaled_dot_product_attention), `triton` (generated kernel, when built)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from archdsl.ir.mixers import Attention
+from archdsl.runtime.positions import (
+    RelativeEmbedding,
+    alibi_slopes,
+    apply_rope,
+    rope_frequencies,
+    xpos_scale,
+)
+
+
+def attention_mask(att: Attention, t: int, device: torch.device | None = None) -> Tensor:
+    """Boolean [T + P, T + P] mask (True = may attend) for P persistent tokens then T tokens.
+
+    Composition: causal (j <= i) OR within the prefix (both < prefix) ; AND within the
+    window (i - j < window) unless the key is a sink or persistent token.
+    """
+    p = att.persistent
+    n = t + p
+    i = torch.arange(n, device=device)[:, None] - p  # token positions; persistent < 0
+    j = torch.arange(n, device=device)[None, :] - p
+    allowed = torch.ones(n, n, dtype=torch.bool, device=device)
+    if att.causal:
+        in_prefix = (i < att.prefix) & (j < att.prefix)
+        allowed = (j <= i) | in_prefix
+    if att.window > 0:
+        near = (i - j).abs() < att.window
+        allowed = allowed & near
+    always = (j < 0) | ((j >= 0) & (j < att.sinks))
+    return allowed | always
+
+
+class AttentionLayer(nn.Module):
+    """Multi-head attention d_model -> d_model (q/k/v/o projections, GQA via kv_heads).
+
+    Parameters: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``; ``persistent`` [P, d_model]
+    learned tokens (Titans); ``q_norm`` / ``k_norm`` when qk_norm; ``relative`` table.
+    """
+
+    def __init__(self, att: Attention, d_model: int, heads: int, backend: str = "torch") -> None:
+        super().__init__()
+        self.att = att
+        self.backend = backend
+        self.heads = att.heads or heads
+        self.kv_heads = att.kv_heads or self.heads
+        self.head_dim = d_model // self.heads
+        hd = self.head_dim
+        self.q_proj = nn.Linear(d_model, self.heads * hd, bias=False)
+        self.k_proj = nn.Linear(d_model, self.kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(d_model, self.kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(self.heads * hd, d_model, bias=False)
+        if att.persistent:
+            self.persistent = nn.Parameter(torch.randn(att.persistent, d_model) * d_model**-0.5)
+        if att.qk_norm:
+            self.q_norm = nn.RMSNorm(hd)
+            self.k_norm = nn.RMSNorm(hd)
+        if att.pos == "relative":
+            self.relative = RelativeEmbedding(hd)
+        if att.pos == "rope":
+            freqs = rope_frequencies(hd, att.rope_base, att.rope_scaling, att.rope_factor)
+            self.register_buffer("inv_freq", freqs, persistent=False)
+        if att.pos == "alibi":
+            self.register_buffer("slopes", alibi_slopes(self.heads), persistent=False)
+        self.kernel: Callable[..., Tensor] | None = None  # set by the triton backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        p = self.att.persistent
+        if p:
+            x = torch.cat([self.persistent.to(x.dtype).expand(b, -1, -1), x], dim=1)
+        n = x.shape[1]
+        q = self.q_proj(x).view(b, n, self.heads, self.head_dim)
+        k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim)
+        if self.att.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        positions = torch.arange(n, device=x.device) - p
+        q, k = self._rotate(q, k, positions)
+        if self.kv_heads != self.heads:
+            k = k.repeat_interleave(self.heads // self.kv_heads, dim=2)
+            v = v.repeat_interleave(self.heads // self.kv_heads, dim=2)
+        y = self._attend(q, k, v, positions)
+        y = y[:, p:].reshape(b, t, self.heads * self.head_dim)
+        return self.o_proj(y)
+
+    def _rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        if self.att.pos != "rope":
+            return q, k
+        pos = positions.clamp(min=0)
+        scaling, factor = self.att.rope_scaling, self.att.rope_factor
+        q = apply_rope(q, pos, self.inv_freq, scaling, factor)
+        k = apply_rope(k, pos, self.inv_freq, scaling, factor)
+        if scaling == "xpos":
+            scale = xpos_scale(self.head_dim, pos).to(q.dtype)[None, :, None, :]
+            q, k = q * scale, k / scale
+        return q, k
+
+    def _bias(self, q: Tensor, positions: Tensor) -> Tensor | None:
+        """Additive logits from the position scheme, [B or 1, H, N, N], or None."""
+        if self.att.pos == "alibi":
+            dist = (positions[:, None] - positions[None, :]).abs().to(q.dtype)
+            return -self.slopes.to(q.dtype)[None, :, None, None] * dist[None, None]
+        if self.att.pos == "relative":
+            return self.relative(q.transpose(1, 2), positions, positions)
+        return None
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor) -> Tensor:
+        n = q.shape[1]
+        mask = attention_mask(self.att, n - self.att.persistent, q.device)
+        bias = self._bias(q, positions)
+        scale = self.head_dim**-0.5
+        if self.backend == "triton" and self.kernel is not None and bias is None:
+            return self.kernel(q, k, v, mask=mask, att=self.att, scale=scale)
+        qh, kh, vh = (z.transpose(1, 2) for z in (q, k, v))
+        if self.backend == "reference":
+            return _reference_attention(qh, kh, vh, mask, bias, scale).transpose(1, 2)
+        full = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+        if bias is not None:
+            full = full + bias
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=full, scale=scale)
+        return out.transpose(1, 2)
+
+
+def _reference_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, bias: Tensor | None, scale: float) -> Tensor:
+    """Definitional softmax attention, row by row: o_i = sum_j softmax_j(s_ij) v_j."""
+    scores = torch.einsum("bhid,bhjd->bhij", q, k) * scale
+    if bias is not None:
+        scores = scores + bias
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.einsum("bhij,bhjd->bhid", torch.softmax(scores, dim=-1), v)
+
+
+def attention_flops_per_token(att: Attention, d_model: int, context: int) -> float:
+    """Score + weighted sum FLOPs per token at a given context length (window-aware)."""
+    span = min(att.window, context) if att.window else context / (2 if att.causal else 1)
+    return 4.0 * d_model * (span + att.persistent)
+
+
+def describe(att: Attention) -> dict[str, Any]:
+    return att.model_dump(exclude={"loc"})
