@@ -23,9 +23,9 @@ IDENTIFIER_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 
 
 def is_identifier(name: str) -> bool:
-    import keyword
-
-    return bool(name) and set(name) <= IDENTIFIER_CHARS and not name[0].isdigit() and not keyword.iskeyword(name)
+    """Letters, digits and `_`, not starting with a digit. (Python keywords are fine:
+    generated code always affixes spec names, e.g. `Block_class`, `class_3`.)"""
+    return bool(name) and set(name) <= IDENTIFIER_CHARS and not name[0].isdigit()
 
 
 def rule_identifiers(arch: Arch) -> list[Diagnostic]:

@@ -84,7 +84,9 @@ class _BlockGraphBuilder:
         if isinstance(e, Name):
             self.reads.add(e.name)
             return self.env[e.name]
-        if isinstance(e, Num | Str):
+        if isinstance(e, Str):
+            raise ArchError("a string has no meaning in a block's dataflow", e.loc, "use a number or a tensor")
+        if isinstance(e, Num):
             return self.node("const", str(e.value), Width(1, scalar=True), e.loc)
         if isinstance(e, Neg):
             src = self.expr(e.operand)

@@ -17,7 +17,7 @@ _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2, "**": 4}
 
 def print_arch(arch: Arch) -> str:
     """The canonical spec text of `arch`."""
-    out = [f"arch {arch.name}(" + ", ".join(f"{p.name} = {_value(p.value)}" for p in arch.params) + ")", ""]
+    out = [f"arch {arch.name}(" + ", ".join(f"{p.name} = {_param(p.value)}" for p in arch.params) + ")", ""]
     for mixer in arch.mixers:
         out.append(print_mixer(mixer))
         out.append("")
@@ -27,6 +27,14 @@ def print_arch(arch: Arch) -> str:
     if arch.model is not None:
         out.append(print_model(arch.model))
     return "\n".join(out).rstrip() + "\n"
+
+
+def _param(value: object) -> str:
+    if isinstance(value, str):
+        if '"' in value or "\\" in value or "\n" in value:
+            raise ValueError(f"string parameter {value!r} cannot be written as spec text")
+        return '"' + value + '"'
+    return _value(value)
 
 
 def _value(value: object) -> str:
