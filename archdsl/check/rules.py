@@ -209,6 +209,18 @@ def rule_memory_combinations(arch: Arch) -> list[Diagnostic]:
                     "write `retention = decay(alpha = data(per = channel), tie_key = true)`",
                 )
             )
+        if m.structure.kind == "mlp":
+            for what, gate in (("lr", m.learner.lr), ("momentum", m.learner.beta), ("alpha", m.retention.alpha)):
+                if gate is not None and gate.per == "channel":
+                    out.append(
+                        Diagnostic(
+                            f"a per-channel {what} has no meaning for an mlp memory",
+                            gate.loc,
+                            "give mlp memories per-head rates: drop `per = channel`",
+                        )
+                    )
+        if m.bias.delta is not None and m.bias.delta.per == "channel":
+            out.append(Diagnostic("the Huber threshold `delta` is one value per head", m.bias.delta.loc, "drop `per = channel`"))
         f = m.features
         if m.structure.kind == "vector" and f.dk is not None and f.dv is not None and f.dk != f.dv:
             out.append(Diagnostic("a vector memory needs dk == dv", f.loc))

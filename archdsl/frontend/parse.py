@@ -19,7 +19,9 @@ GRAMMAR = Path(__file__).resolve().parent.parent / "grammars" / "arch.lark"
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
-    return Lark(GRAMMAR.read_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    # cache=True: lark stores the built LALR tables in the temp dir, keyed by the grammar's
+    # hash, which keeps `archdsl check` start-up short.
+    return Lark(GRAMMAR.read_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
 
 
 def parse_text(text: str, file: str = "<spec>") -> ast.SpecFile:

@@ -160,12 +160,30 @@ def _gather(sources: SourceSet) -> _Scope:
                     imp.loc,
                     did_you_mean(name, list(available)),
                 )
+        wanted = None if names is None else _with_dependencies(set(names), available)
         for decl in spec.decls:
-            if file == sources.root.file or names is None or decl.name in names:
+            if file == sources.root.file or wanted is None or decl.name in wanted:
                 add(decl, local=file == sources.root.file)
 
     visit(sources.root.file, None, None)
     return scope
+
+
+def _with_dependencies(names: set[str], available: Mapping[str, ast.Decl]) -> set[str]:
+    """`names` plus every declaration of the same file they use (blocks call mixers)."""
+    from archdsl.graph.build import calls_in
+
+    todo, done = list(names), set()
+    while todo:
+        name = todo.pop()
+        if name in done:
+            continue
+        done.add(name)
+        decl = available.get(name)
+        if isinstance(decl, ast.BlockDecl):
+            for stmt in decl.body:
+                todo += [c.func for c in calls_in(stmt.value) if c.func in available]
+    return done
 
 
 def _check_names(scope: _Scope) -> None:
