@@ -168,7 +168,7 @@ MIXER_KINDS = {
             "expand": Opt("float", 2.0, min=0, min_exclusive=True),
             "headdim": Opt("int", 64, min=1),
             "max_len": Opt("int", 0, min=0),
-            "kernel": Opt("choice", "explicit", ("explicit", "implicit", "s4", "s4d")),
+            "kernel": Opt("choice", "explicit", ("explicit", "implicit", "s4", "s4d", "selective")),
             "gate": Opt("bool", True),
         },
         flags={

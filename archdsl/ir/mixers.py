@@ -28,7 +28,8 @@ class MatrixMixer(IRNode):
     bidirectional); ``expand``: inner width / d_model; ``headdim``: channels per head;
     ``max_len``: fixed sequence length for `dense` and fixed `toeplitz`;
     ``kernel``: how a fixed toeplitz filter is parametrised (explicit or implicit MLP,
-    Hyena); ``gate``: multiplicative output gate (Mamba / Hydra z branch).
+    Hyena; s4 / s4d kernels), or, for `semiseparable`, ``selective`` = Mamba's S6 scan
+    (a diagonal A per channel and state, data-dependent dt, B, C); ``gate``: multiplicative output gate (Mamba / Hydra z branch).
     """
 
     name: str
@@ -40,7 +41,7 @@ class MatrixMixer(IRNode):
     expand: float = 2.0
     headdim: int = 64
     max_len: int = 0
-    kernel: Literal["explicit", "implicit", "s4", "s4d"] = "explicit"
+    kernel: Literal["explicit", "implicit", "s4", "s4d", "selective"] = "explicit"
     gate: bool = True
 
 
