@@ -90,6 +90,9 @@ RULES: tuple[MemoryRule, ...] = (
 
 REFERENCE_TARGET = "archdsl.memory.reference:memory_reference"
 
+# Rules with a generated Triton kernel: rule name -> factory(mem) of the rule's function.
+TRITON_RULES = {"chunked_gated_linear": "archdsl.runtime.triton_entry:memory_entry"}
+
 
 def select_rule(mem: Memory) -> MemoryRule | None:
     """The first rule of `RULES` that matches `mem`, or None (reference fallback)."""
@@ -105,11 +108,20 @@ def lowering_name(mem: Memory) -> str:
 
 
 def memory_function(mem: Memory, backend: str = "torch") -> Callable[..., Any]:
-    """The function that computes `mem` on `backend` ('reference' or 'torch')."""
+    """The function that computes `mem` on `backend` ('reference', 'torch' or 'triton')."""
     ref = MemoryRule("reference", "definitional", lambda _m: True, REFERENCE_TARGET)
     if backend == "reference":
         return ref.load()
     rule = select_rule(mem)
+    if backend == "triton":
+        if rule is not None and rule.name in TRITON_RULES:
+            module, _, func = TRITON_RULES[rule.name].partition(":")
+            return getattr(importlib.import_module(module), func)(mem)  # type: ignore[no-any-return]
+        warnings.warn(
+            f"memory '{mem.name}': no generated Triton kernel for rule "
+            f"'{rule.name if rule else 'reference'}'; using the torch path",
+            stacklevel=2,
+        )
     if rule is None:
         warnings.warn(
             f"memory '{mem.name}': no lowering rule matches "
