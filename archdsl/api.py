@@ -33,7 +33,7 @@ class Compiled:
         module = load_module(self.files["model.py"], f"archdsl_gen_{self.spec.ir_hash()}")
         kernels = None
         if self.plan.backend == "triton" and "kernels_triton.py" in self.files:
-            kernels = load_kernels(self.files["kernels_triton.py"], self.plan)
+            kernels = load_kernels(self.files["kernels_triton.py"], self.plan, self.spec.ir)
         return module.build(self.plan.backend, kernels)  # type: ignore[no-any-return]
 
 
@@ -91,10 +91,10 @@ def load_module(source: str, name: str) -> types.ModuleType:
     return module
 
 
-def load_kernels(source: str, plan: Plan) -> Any:
+def load_kernels(source: str, plan: Plan, arch: Arch) -> Any:
     from archdsl.codegen.triton_kernels import load_kernel_module
 
-    return load_kernel_module(source, plan)
+    return load_kernel_module(source, plan, arch)
 
 
 def build(spec_or_path: Spec | Arch | str | Path, backend: str = "torch", **overrides: Value) -> nn.Module:

@@ -39,7 +39,7 @@ def build(backend: str = {backend!r}):
     if backend == "triton" and (Path(__file__).parent / "kernels_triton.py").exists():
         from archdsl.codegen.triton_kernels import load_kernel_file
 
-        kernels = load_kernel_file(Path(__file__).parent / "kernels_triton.py")
+        kernels = load_kernel_file(Path(__file__).parent / "kernels_triton.py", ARCH)
     return _model.build(backend, kernels)
 '''
 

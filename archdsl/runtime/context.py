@@ -67,9 +67,6 @@ def _triton_attention(kernels: Any, name: str) -> Any:
 
 
 def _memory_backend(backend: str, mem: Memory, kernels: Any) -> str:
-    if backend != "triton":
-        return backend
-    if kernels is not None and hasattr(kernels, f"memory_{mem.name}"):
-        return "triton"
-    warnings.warn(f"memory '{mem.name}': no generated Triton kernel for its rule; using the torch path", stacklevel=3)
-    return "torch"
+    """Memories pick their Triton kernel through `archdsl.memory.rules.memory_function`."""
+    del mem, kernels
+    return backend
