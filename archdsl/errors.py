@@ -23,11 +23,14 @@ class Diagnostic:
         head = f"{self.loc}: error: {self.message}" if self.loc else f"error: {self.message}"
         lines = [head]
         if self.source_line is not None and self.loc is not None and self.loc.line > 0:
-            lines.append(f"    {self.source_line}")
-            width = 1
+            # the caret is placed where a terminal shows the column (tab stops every 8)
+            shown = "    " + self.source_line
+            start = len(("    " + self.source_line[: max(self.loc.column - 1, 0)]).expandtabs())
+            end = start + 1
             if self.loc.end_line == self.loc.line and self.loc.end_column > self.loc.column:
-                width = self.loc.end_column - self.loc.column
-            lines.append("    " + " " * max(self.loc.column - 1, 0) + "^" * width)
+                end = len(("    " + self.source_line[: self.loc.end_column - 1]).expandtabs())
+            lines.append(shown)
+            lines.append(" " * start + "^" * max(end - start, 1))
         if self.hint:
             lines.append(f"  hint: {self.hint}")
         return "\n".join(lines)

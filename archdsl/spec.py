@@ -68,6 +68,8 @@ def _checked(sources: SourceSet, overrides: Mapping[str, Value]) -> Spec:
         check_arch(arch)
     except ArchError as err:
         raise err.with_sources(sources.texts) from None
+    except RecursionError:
+        raise ArchError("the spec is nested too deeply to process", None, "split deep expressions into statements") from None
     return Spec(ir=arch, sources=sources, overrides=tuple(sorted(overrides.items())))
 
 

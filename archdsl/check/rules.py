@@ -13,10 +13,10 @@ import networkx as nx
 from archdsl import vocab
 from archdsl.errors import ArchError, Diagnostic
 from archdsl.graph.build import block_graph, block_reads, call_graph, calls_in
-from archdsl.ir.expr import Num
+from archdsl.ir.expr import Call, Name, Num
 from archdsl.ir.memory import Memory
 from archdsl.ir.mixers import Attention, Conv, MatrixMixer
-from archdsl.ir.spec import Arch, Assign, Mixer
+from archdsl.ir.spec import Arch, Assign, Block, Mixer
 
 Rule = Callable[[Arch], list[Diagnostic]]
 IDENTIFIER_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -129,12 +129,18 @@ def rule_unused_declarations(arch: Arch) -> list[Diagnostic]:
         return []
     g = call_graph(arch)
     reachable = nx.descendants(g, "<model>")
+    root = arch.loc.file if arch.loc is not None else None
+
+    def local(node: object) -> bool:  # imported declarations may go unused
+        loc = getattr(node, "loc", None)
+        return root is None or loc is None or loc.file == root
+
     out = []
     for m in arch.mixers:
-        if m.name not in reachable:
+        if m.name not in reachable and local(m):
             out.append(Diagnostic(f"{_kind(m)} `{m.name}` is declared but never used", m.loc, "use it in a block, or remove it"))
     for b in arch.blocks:
-        if b.name not in reachable:
+        if b.name not in reachable and local(b):
             out.append(Diagnostic(f"block `{b.name}` is declared but never used", b.loc, "add it to the model, or remove it"))
     return out
 
@@ -257,6 +263,55 @@ def rule_mixer_dims(arch: Arch) -> list[Diagnostic]:
     return out
 
 
+def rule_segments(arch: Arch) -> list[Diagnostic]:
+    """`recall` and attention over context tokens only make sense segment by segment,
+    and a segment must end on a memory mini-batch boundary (the state `recall` reads)."""
+    out: list[Diagnostic] = []
+    for block in arch.blocks:
+        for stmt in block.body:
+            for call in calls_in(stmt.value):
+                out.extend(_segment_call(arch, block, call))
+    return out
+
+
+def _segment_call(arch: Arch, block: Block, call: Call) -> list[Diagnostic]:
+    if call.func == vocab.RECALL:
+        if not block.segment:
+            return [Diagnostic("`recall` reads a memory before the current segment, but the block has no segments", call.loc, f"write `block {block.name}(...) segment(n) {{`")]
+        mem = arch.mixer(call.args[0].name) if isinstance(call.args[0], Name) else None
+        if not isinstance(mem, Memory):
+            return [Diagnostic("`recall` needs a memory", call.loc)]
+        if block.segment % mem.batch:
+            return [Diagnostic(f"segment({block.segment}) is not a multiple of memory `{mem.name}`'s batch {mem.batch}", block.loc, "segments must end on mini-batch boundaries")]
+        return []
+    m = arch.mixer(call.func)
+    if m is None or len(call.args) < 2:
+        return []
+    if not isinstance(m, Attention):
+        return [Diagnostic(f"only attention takes context tokens; `{call.func}` takes one input", call.loc)]
+    if not _context_from_recall(arch, block, call):
+        return [
+            Diagnostic(
+                "attention context tokens must come from `recall(...)` in a segmented block",
+                call.args[1].loc,
+                "every query of a segment sees all context tokens, so they may not depend on the segment itself",
+            )
+        ]
+    return []
+
+
+def _context_from_recall(arch: Arch, block: Block, call: Call) -> bool:
+    if not block.segment:
+        return False
+    g = block_graph(arch, block)
+    for nid, data in g.nodes(data=True):
+        if data.get("call") is not call:
+            continue
+        sources = [u for u, _, d in g.in_edges(nid, data=True) if d.get("arg") == 1]
+        return all(g.nodes[u]["kind"] == "recall" for u in sources)
+    return False
+
+
 RULES: tuple[Rule, ...] = (
     rule_identifiers,
     rule_conventional_params,
@@ -265,6 +320,7 @@ RULES: tuple[Rule, ...] = (
     rule_unused_bindings,
     rule_unused_declarations,
     rule_causality,
+    rule_segments,
     rule_memory_combinations,
     rule_mixer_dims,
 )
@@ -273,10 +329,14 @@ RULES: tuple[Rule, ...] = (
 def check_arch(arch: Arch) -> None:
     """Run every rule; raise one ArchError with all diagnostics, in source order."""
     diags: list[Diagnostic] = []
+    names = {p.name for p in arch.params}
+    has_dims = {"d_model", "heads"} <= names
     for rule in RULES:
         diags.extend(rule(arch))
-        if rule in (rule_identifiers, rule_block_cycles) and diags:
-            break  # later rules assume valid names and an acyclic call graph
+        if rule in (rule_identifiers, rule_conventional_params, rule_block_cycles) and diags:
+            break  # later rules assume valid names, the conventional dims, an acyclic call graph
+        if rule is rule_conventional_params and not has_dims:
+            break  # nothing declared that would need them (an empty or parameter-only spec)
     if diags:
         diags.sort(key=lambda d: (d.loc.file, d.loc.line, d.loc.column) if d.loc else ("", 0, 0))
         raise ArchError(diagnostics=diags)

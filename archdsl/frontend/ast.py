@@ -85,6 +85,7 @@ class BlockDecl:
     params: tuple[str, ...]
     body: tuple[Statement, ...]
     loc: Loc
+    segment: Expr | None = None  # `segment(n)`: run the block segment by segment
 
 
 @dataclass(frozen=True)

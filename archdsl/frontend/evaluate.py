@@ -56,6 +56,8 @@ def _binop(expr: BinOp, lhs: int | float, rhs: int | float) -> int | float:
     op = expr.op
     if op in ("/", "//", "%") and rhs == 0:
         raise ArchError("division by zero", expr.loc)
+    if op == "**" and _power_too_large(lhs, rhs):
+        raise ArchError("number too large", expr.loc, "exponents that big give no usable size")
     try:
         if op == "+":
             return lhs + rhs
@@ -74,11 +76,20 @@ def _binop(expr: BinOp, lhs: int | float, rhs: int | float) -> int | float:
         result = lhs**rhs
     except OverflowError:
         raise ArchError("number too large", expr.loc) from None
+    except ZeroDivisionError:
+        raise ArchError("division by zero", expr.loc) from None
     if isinstance(result, complex) or (isinstance(result, float) and not math.isfinite(result)):
         raise ArchError("arithmetic gives no finite real number", expr.loc)
     if isinstance(result, int) and abs(result) > 2**62:
         raise ArchError("number too large", expr.loc)
     return result
+
+
+def _power_too_large(base: int | float, exponent: int | float) -> bool:
+    """Would base ** exponent exceed 2^62 (checked before computing it)?"""
+    if abs(base) <= 1 or exponent <= 0:
+        return False
+    return exponent * math.log2(abs(base)) > 62
 
 
 def names_in(expr: Expr) -> set[str]:

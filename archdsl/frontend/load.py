@@ -33,7 +33,10 @@ def load_sources(path: str | Path | None = None, text: str | None = None, name: 
     base = Path(path).resolve().parent if path is not None else Path.cwd()
     root = parse_text(text, name)
     sources = SourceSet(root=root, files={name: root}, texts={name: text})
-    _load_imports(sources, root, base, stack=[name])
+    try:
+        _load_imports(sources, root, base, stack=[name])
+    except ArchError as err:
+        raise err.with_sources(sources.texts) from None
     return sources
 
 

@@ -30,12 +30,37 @@ def parse_text(text: str, file: str = "<spec>") -> ast.SpecFile:
         tree = _parser().parse(text)
     except UnexpectedInput as err:
         raise _syntax_error(err, text, file) from None
+    _check_depth(tree, text, file)
     try:
         return _ToAst(file).transform(tree)  # type: ignore[no-any-return]
     except VisitError as err:
         if isinstance(err.orig_exc, ArchError):
             raise err.orig_exc.with_sources({file: text}) from None
         raise
+
+
+MAX_DEPTH = 120
+
+
+def _check_depth(tree: Tree, text: str, file: str) -> None:
+    """Refuse absurdly deep nesting up front (later passes recurse over the tree)."""
+    stack: list[tuple[Any, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, Tree):
+            continue
+        if depth > MAX_DEPTH:
+            meta = node.meta
+            loc = _loc(file, meta)
+            line = text.splitlines()[loc.line - 1] if 1 <= loc.line <= len(text.splitlines()) else None
+            diag = Diagnostic(
+                f"expression nested more than {MAX_DEPTH} levels deep",
+                loc,
+                "split it into several statements",
+                line,
+            )
+            raise ArchError(diagnostics=[diag])
+        stack.extend((child, depth + 1) for child in node.children)
 
 
 def parse_file(path: str | Path) -> ast.SpecFile:
@@ -158,7 +183,12 @@ class _ToAst(Transformer[Any, Any]):
     # expressions
     def number(self, meta: Any, children: list[Token]) -> Num:
         text = str(children[0])
+        too_large = ArchError("number too large", self._l(meta), "numbers in specs must be below 2^62 (about 4.6e18)")
+        if len(text) > 40:
+            raise too_large
         value: int | float = float(text) if any(c in text for c in ".eE") else int(text)
+        if abs(value) > 2**62 or value != value or value in (float("inf"), float("-inf")):
+            raise too_large
         return Num(value=value, loc=self._l(meta))
 
     def true(self, meta: Any, _: list[Any]) -> Num:
@@ -254,10 +284,14 @@ class _ToAst(Transformer[Any, Any]):
     def return_stmt(self, meta: Any, c: list[Any]) -> ast.Return:
         return ast.Return(c[0], self._l(meta))
 
+    def segment_clause(self, meta: Any, c: list[Any]) -> tuple[str, Expr]:
+        return ("segment", c[0])
+
     def block_decl(self, meta: Any, c: list[Any]) -> ast.BlockDecl:
         params = tuple(str(t) for t in c[1:] if isinstance(t, Token))
         body = tuple(s for s in c[1:] if isinstance(s, ast.Assign | ast.Return))
-        return ast.BlockDecl(str(c[0]), params, body, self._l(meta))
+        segment = next((x[1] for x in c[1:] if isinstance(x, tuple)), None)
+        return ast.BlockDecl(str(c[0]), params, body, self._l(meta), segment)
 
     def stage_block(self, meta: Any, c: list[Token]) -> ast.StageBlock:
         return ast.StageBlock(str(c[0]), self._l(meta))

@@ -132,41 +132,57 @@ def _decl_name(d: ast.Decl) -> str:
 
 
 def _gather(sources: SourceSet) -> _Scope:
-    """Root declarations plus what its imports bring (recursively), duplicates refused."""
+    """Root declarations plus what its imports bring (recursively), duplicates refused.
+
+    Every file reached contributes the union of the names asked of it (by any import
+    statement that reaches it, with what they use in the same file), or everything when
+    some `import "file"` asks for all of it.
+    """
+    root = sources.root.file
+    wanted: dict[str, set[str] | None] = {root: None}
+    order = [root]
+    todo = [root]
+    while todo:
+        file = todo.pop()
+        for imp, sub in sources.edges.get(file, []):
+            available = {_decl_name(d): d for d in sources.files[sub].decls}
+            _check_imported_names(imp, available)
+            before = wanted.get(sub, set())
+            after = None if before is None or imp.names is None else before | _with_dependencies(set(imp.names), available)
+            if sub not in wanted:
+                order.append(sub)
+            if sub not in wanted or after != before:
+                wanted[sub] = after
+                todo.append(sub)
     scope = _Scope()
-    seen_files: set[str] = set()
-
-    def add(decl: ast.Decl, local: bool) -> None:
-        name = _decl_name(decl)
-        if name in scope.decls:
-            first = scope.decls[name].loc
-            raise ArchError(f"`{name}` is defined twice (first at {first})", decl.loc, "rename one of them")
-        scope.decls[name] = decl
-        if local:
-            scope.local.add(name)
-
-    def visit(file: str, names: tuple[str, ...] | None, imp: ast.Import | None) -> None:
-        spec = sources.files[file]
-        for sub_imp, sub_file in sources.edges.get(file, []):
-            if sub_file not in seen_files:
-                seen_files.add(sub_file)
-                visit(sub_file, sub_imp.names, sub_imp)
-        available = {_decl_name(d): d for d in spec.decls}
-        for name in names or ():
-            if name not in available:
-                assert imp is not None
-                raise ArchError(
-                    f"`{name}` is not defined in '{imp.path}'",
-                    imp.loc,
-                    did_you_mean(name, list(available)),
-                )
-        wanted = None if names is None else _with_dependencies(set(names), available)
-        for decl in spec.decls:
-            if file == sources.root.file or wanted is None or decl.name in wanted:
-                add(decl, local=file == sources.root.file)
-
-    visit(sources.root.file, None, None)
+    for file in order:
+        names = wanted[file]
+        for decl in sources.files[file].decls:
+            if names is None or decl.name in names:
+                _add(scope, decl, local=file == root)
     return scope
+
+
+def _check_imported_names(imp: ast.Import, available: Mapping[str, ast.Decl]) -> None:
+    for name in imp.names or ():
+        if name not in available:
+            raise ArchError(
+                f"`{name}` is not defined in '{imp.path}'",
+                imp.loc,
+                did_you_mean(name, list(available)),
+            )
+
+
+def _add(scope: _Scope, decl: ast.Decl, local: bool) -> None:
+    name = _decl_name(decl)
+    if name in scope.decls:
+        if scope.decls[name] is decl:
+            return
+        first = scope.decls[name].loc
+        raise ArchError(f"`{name}` is defined twice (first at {first})", decl.loc, "rename one of them")
+    scope.decls[name] = decl
+    if local:
+        scope.local.add(name)
 
 
 def _with_dependencies(names: set[str], available: Mapping[str, ast.Decl]) -> set[str]:
@@ -319,7 +335,13 @@ def _block(decl: ast.BlockDecl, env: Mapping[str, Value], mixers: set[str], bloc
         body.append(Assign(target=stmt.target, value=value, loc=stmt.loc))
     if not body or not isinstance(body[-1], Return):
         raise ArchError(f"block `{decl.name}` has no `return`", decl.loc, "end the block with `return <value>`")
-    return Block(name=decl.name, params=decl.params, body=tuple(body), loc=decl.loc)
+    segment = 0
+    if decl.segment is not None:
+        value = evaluate(decl.segment, env, f"the segment of block `{decl.name}`")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 1:
+            raise ArchError(f"segment length must be a whole number >= 1, got {value!r}", decl.segment.loc)
+        segment = int(value)
+    return Block(name=decl.name, params=decl.params, body=tuple(body), segment=segment, loc=decl.loc)
 
 
 def _dataflow(
@@ -355,13 +377,16 @@ def _dataflow(
 
 
 def _call(e: Call, walk: Any, env: Mapping[str, Value], mixers: set[str], blocks: Mapping[str, ast.BlockDecl], block: str) -> Call:
+    if e.func == vocab.RECALL:
+        return _recall(e, walk, mixers)
     if e.func in mixers or e.func in blocks:
-        arity = 1 if e.func in mixers else len(blocks[e.func].params)
+        arity = (1, 2) if e.func in mixers else (len(blocks[e.func].params),)
         kind = "mixer" if e.func in mixers else "block"
         if e.kwargs:
             raise ArchError(f"{kind} `{e.func}` takes no options at the call", e.kwargs[0].loc, "options go in its declaration")
-        if len(e.args) != arity:
-            raise ArchError(f"{kind} `{e.func}` takes {arity} input(s), got {len(e.args)}", e.loc)
+        if len(e.args) not in arity:
+            hint = "a mixer takes its input, and attention optionally context tokens: `attn(x, h)`" if kind == "mixer" else None
+            raise ArchError(f"{kind} `{e.func}` takes {' or '.join(map(str, arity))} input(s), got {len(e.args)}", e.loc, hint)
         return Call(func=e.func, args=tuple(walk(a) for a in e.args), loc=e.loc)
     if e.func not in vocab.BLOCK_OPS:
         choices = list(vocab.BLOCK_OPS) + list(mixers) + list(blocks)
@@ -378,6 +403,16 @@ def _call(e: Call, walk: Any, env: Mapping[str, Value], mixers: set[str], blocks
     opts, _ = bind(op.schema, Call(func=e.func, kwargs=e.kwargs, loc=e.loc), env, f"`{e.func}`")
     kwargs = tuple(Kwarg(name=k, value=_const(v)) for k, v in opts.items() if v is not None)
     return Call(func=e.func, args=tuple(walk(a) for a in e.args), kwargs=kwargs, loc=e.loc)
+
+
+def _recall(e: Call, walk: Any, mixers: set[str]) -> Call:
+    """`recall(memory, x)`: read `memory` as it was before this segment (no write)."""
+    if len(e.args) != 2 or e.kwargs or not isinstance(e.args[0], Name):
+        raise ArchError("`recall` takes a memory and an input: `recall(memory, x)`", e.loc)
+    target = e.args[0]
+    if target.name not in mixers:
+        raise ArchError(f"`recall` needs a memory, and `{target.name}` is not one", target.loc, did_you_mean(target.name, list(mixers)))
+    return Call(func=e.func, args=(Name(name=target.name, loc=target.loc), walk(e.args[1])), loc=e.loc)
 
 
 def _const(value: Value) -> Expr:
