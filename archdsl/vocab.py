@@ -306,7 +306,10 @@ REPEAT = Schema(
     positional=("n",),
 )
 
+# `recall(memory, x)`: read a memory as it stood before the current segment (Titans MAC).
+RECALL = "recall"
+
 CONVENTIONAL_PARAMS = ("d_model", "layers", "heads", "vocab")
 RESERVED_NAMES = frozenset(
-    set(BLOCK_OPS) | set(MIXER_KINDS) | set(HEADS) | {"repeat", "head", "heads_", "true", "false", "none"}
+    set(BLOCK_OPS) | set(MIXER_KINDS) | set(HEADS) | {"repeat", "head", "true", "false", "none", "recall"}
 )

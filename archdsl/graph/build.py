@@ -113,7 +113,23 @@ class _BlockGraphBuilder:
         self.g.add_edge(rhs, nid, arg=1)
         return nid
 
+    def recall(self, e: Call) -> str:
+        memory = e.args[0]
+        assert isinstance(memory, Name)
+        src = self.expr(e.args[1])
+        w = self.width(src)
+        if w.scalar or w.size != self.arch.d_model:
+            raise ArchError(
+                f"`recall` takes [B, T, d_model] (d_model = {self.arch.d_model}), got {shape_text(self.arch, w)}",
+                e.args[1].loc,
+            )
+        nid = self.node("recall", f"recall {memory.name}", Width(self.arch.d_model), e.loc, op=memory.name, call=e)
+        self.g.add_edge(src, nid, arg=0)
+        return nid
+
     def call(self, e: Call) -> str:
+        if e.func == vocab.RECALL:
+            return self.recall(e)
         args = [self.expr(a) for a in e.args]
         widths = [self.width(a) for a in args]
         d = self.arch.d_model
@@ -164,8 +180,11 @@ def call_graph(arch: Arch) -> nx.DiGraph:
         g.add_node(b.name, kind="block")
         for stmt in b.body:
             for call in calls_in(stmt.value):
-                if arch.mixer(call.func) is not None or arch.block(call.func) is not None:
-                    g.add_edge(b.name, call.func, loc=call.loc)
+                target = call.func
+                if target == vocab.RECALL and isinstance(call.args[0], Name):
+                    target = call.args[0].name
+                if arch.mixer(target) is not None or arch.block(target) is not None:
+                    g.add_edge(b.name, target, loc=call.loc)
     if arch.model is not None:
         for name in stage_blocks(arch.model.stages):
             g.add_edge("<model>", name)
@@ -175,7 +194,8 @@ def call_graph(arch: Arch) -> nx.DiGraph:
 def calls_in(e: Expr) -> list[Call]:
     if isinstance(e, Call):
         out = [e]
-        for a in e.args:
+        args = e.args[1:] if e.func == vocab.RECALL else e.args
+        for a in args:
             out.extend(calls_in(a))
         return out
     if isinstance(e, BinOp):

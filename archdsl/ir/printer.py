@@ -122,7 +122,8 @@ def print_memory(mem: Memory) -> str:
 
 
 def print_block(block: Block) -> str:
-    lines = [f"block {block.name}(" + ", ".join(block.params) + ") {"]
+    segment = f" segment({block.segment})" if block.segment else ""
+    lines = [f"block {block.name}(" + ", ".join(block.params) + f"){segment} {{"]
     for stmt in block.body:
         if isinstance(stmt, Assign):
             lines.append(f"  {stmt.target} = {print_expr(stmt.value)}")

@@ -33,11 +33,17 @@ class Return(IRNode):
 
 
 class Block(IRNode):
-    """A block: dataflow from its inputs (first one: the residual stream) to a return."""
+    """A block: dataflow from its inputs (first one: the residual stream) to a return.
+
+    ``segment`` > 0: the block runs on consecutive segments of that many tokens, in
+    order, its memories carrying their state from one segment to the next; `recall`
+    reads a memory as it was before the current segment (Titans MAC).
+    """
 
     name: str
     params: tuple[str, ...]
     body: tuple[Assign | Return, ...]
+    segment: int = 0
 
 
 class Repeat(IRNode):

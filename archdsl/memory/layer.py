@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archdsl.ir.memory import Memory
+from archdsl.memory.inner import memory_forward
+from archdsl.memory.inputs import default_scale
 from archdsl.memory.layer_gates import add_gate_parameters, gate_values, memory_gates
 from archdsl.memory.projections import CausalShortConv, feature_activation, l2_normalize
 from archdsl.memory.rules import memory_function
@@ -227,6 +229,27 @@ class MemoryLayer(nn.Module):
             return y
         assert memory is not None
         return y, LayerState(memory, caches, pending)
+
+    def recall(self, x: Tensor, state: LayerState | None) -> Tensor:
+        """Read the memory as ``state`` holds it, without writing: ``M_W(scale q(x))``.
+
+        Titans MAC's retrieval ``h_t = M*_{t-1}(q_t)`` (`recall(memory, x)` in a segmented
+        block): q goes through this layer's projection, short conv (with an empty cache: no
+        history before the segment), activation and l2 norm; the read goes through the
+        same output norm, gate and projection as `forward`.
+        """
+        if state is None:
+            state = self.initial_state(x.shape[0])
+        bsz, length = x.shape[0], x.shape[1]
+        z = self.q_proj(x)
+        if self.q_conv is not None:
+            z, _ = self.q_conv(z, self.q_conv.empty_cache(bsz, z))
+        q = feature_activation(self.mem.features.act, z).reshape(bsz, length, self.heads, self.dk)
+        if self.mem.features.norm == "l2":
+            q = l2_normalize(q)
+        weights = tuple(w.unsqueeze(1) for w in state.memory.weights)
+        o = memory_forward(self.mem.structure, weights, q * default_scale(self.mem, self.dk))
+        return self._output(o, x)
 
     def step(self, x_t: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
         """One token: ``x_t`` ``[B, d_model]`` -> (``y_t`` ``[B, d_model]``, next state)."""

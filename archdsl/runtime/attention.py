@@ -21,13 +21,17 @@ from archdsl.runtime.positions import (
 )
 
 
-def attention_mask(att: Attention, t: int, device: torch.device | None = None) -> Tensor:
-    """Boolean [T + P, T + P] mask (True = may attend) for P persistent tokens then T tokens.
+def attention_mask(att: Attention, t: int, device: torch.device | None = None, extra: int = 0) -> Tensor:
+    """Boolean [T + P, T + P] mask (True = may attend) for P always-visible tokens then T tokens.
 
+    P = the persistent tokens plus `extra` context tokens (Titans MAC's retrieved memory).
     Composition: causal (j <= i) OR within the prefix (both < prefix) ; AND within the
-    window (i - j < window) unless the key is a sink or persistent token.
+    window (i - j < window) unless the key is a sink or an always-visible token.
+    Context tokens are aligned with the queries (context token c was read for token c):
+    when causal, query i sees context tokens c <= i only -- otherwise a query would see,
+    through the memory read of a later token, that token itself.
     """
-    p = att.persistent
+    p = att.persistent + extra
     n = t + p
     i = torch.arange(n, device=device)[:, None] - p  # token positions; persistent < 0
     j = torch.arange(n, device=device)[None, :] - p
@@ -38,7 +42,12 @@ def attention_mask(att: Attention, t: int, device: torch.device | None = None) -
     if att.window > 0:
         near = (i - j).abs() < att.window
         allowed = allowed & near
-    always = (j < 0) | ((j >= 0) & (j < att.sinks))
+    always = (j < -extra) | ((j >= 0) & (j < att.sinks))
+    if extra:
+        c = j + extra  # index of a context token, 0 .. extra-1 for context columns
+        is_context = (j < 0) & (j >= -extra)
+        allowed = allowed & ~is_context
+        always = always | (is_context & ((c <= i) | (not att.causal)))
     return allowed | always
 
 
@@ -75,11 +84,16 @@ class AttentionLayer(nn.Module):
             self.register_buffer("slopes", alibi_slopes(self.heads), persistent=False)
         self.kernel: Callable[..., Tensor] | None = None  # set by the triton backend
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """x [B, T, d_model] -> [B, T, d_model]. ``context`` [B, C, d_model]: tokens every
+        query sees (after the persistent ones), e.g. the memory read of Titans MAC."""
         b, t, _ = x.shape
-        p = self.att.persistent
-        if p:
-            x = torch.cat([self.persistent.to(x.dtype).expand(b, -1, -1), x], dim=1)
+        prefix = [self.persistent.to(x.dtype).expand(b, -1, -1)] if self.att.persistent else []
+        if context is not None:
+            prefix.append(context)
+        p = sum(z.shape[1] for z in prefix)
+        if prefix:
+            x = torch.cat([*prefix, x], dim=1)
         n = x.shape[1]
         q = self.q_proj(x).view(b, n, self.heads, self.head_dim)
         k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim)
@@ -91,7 +105,7 @@ class AttentionLayer(nn.Module):
         if self.kv_heads != self.heads:
             k = k.repeat_interleave(self.heads // self.kv_heads, dim=2)
             v = v.repeat_interleave(self.heads // self.kv_heads, dim=2)
-        y = self._attend(q, k, v, positions)
+        y = self._attend(q, k, v, positions, p)
         y = y[:, p:].reshape(b, t, self.heads * self.head_dim)
         return self.o_proj(y)
 
@@ -116,12 +130,14 @@ class AttentionLayer(nn.Module):
             return self.relative(q.transpose(1, 2), positions, positions)
         return None
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, p: int) -> Tensor:
         n = q.shape[1]
-        mask = attention_mask(self.att, n - self.att.persistent, q.device)
+        extra = p - self.att.persistent
+        mask = attention_mask(self.att, n - p, q.device, extra)
         bias = self._bias(q, positions)
         scale = self.head_dim**-0.5
-        if self.backend == "triton" and self.kernel is not None and bias is None:
+        # the generated kernel's flags fix the number of always-visible tokens: no context
+        if self.backend == "triton" and self.kernel is not None and bias is None and not extra:
             return self.kernel(q, k, v, mask=mask, att=self.att, scale=scale)
         qh, kh, vh = (z.transpose(1, 2) for z in (q, k, v))
         if self.backend == "reference":
