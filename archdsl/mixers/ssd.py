@@ -1,0 +1,110 @@
+"""The chunked gated linear scan behind every scan-based mixer: ONE implementation.
+
+The semiseparable mixer with a scalar decay per head IS Mamba2's memory (matrix memory,
+dot bias, per-head data decay, data lr), and the causal low-rank mixer IS linear
+attention; Mamba's selective scan and the data-dependent Vandermonde mixer are the same
+recurrence with a decay per key channel (GLA). So the mixers do not carry a scan of their
+own: `chunked_ssd` adapts their arguments to the memory engineers'
+`archdsl.memory.chunked_linear.chunked_gated_linear` (the function the lowering table
+selects for those memories) and calls it::
+
+    S_t = exp(log_decay_t) * S_{t-1} + lr_t * k_t v_t^T,        o_t = scale * q_t^T S_t
+
+``log_decay`` one value per head (``[B, T, H]``, SSD) or per key channel (``[B, T, H, K]``).
+Log-space stability and chunking are that function's (see its module docstring).
+
+Long sequences are cut into *segments* of a few hundred tokens, run one after another
+with the state carried through ``initial_state``: the chunked function batches all of its
+chunks at once, and past about ``SEGMENT_TOKEN_HEADS`` tokens x heads (x batch) its
+intermediates fall out of the CPU caches, which made it 2x slower at T = 4096 (B=1, H=4,
+N=D=64) than the same work cut in segments of 256-1024 tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from archdsl.ir.memory import Bias, Gate, Learner, Memory, Retention, Structure
+from archdsl.memory.chunked_linear import chunked_gated_linear
+
+# The memory the scan computes: matrix structure, dot bias, data decay, gd with data lr
+# (Mamba2 / SSD); the function checks that a decay is given exactly when retention is decay.
+SSD_MEMORY = Memory(
+    name="ssd",
+    structure=Structure(kind="matrix"),
+    bias=Bias(kind="dot"),
+    retention=Retention(kind="decay", alpha=Gate(mode="data", act="mamba")),
+    learner=Learner(kind="gd", lr=Gate(mode="data", act="softplus")),
+)
+# Tokens x heads x batch per call of the chunked function (see the module docstring).
+SEGMENT_TOKEN_HEADS = 2048
+# Segments are at least this many chunks, so that per-call overhead stays small.
+MIN_SEGMENT_CHUNKS = 4
+# Without decay: linear attention (the causal low-rank mixer).
+LINEAR_ATTENTION_MEMORY = SSD_MEMORY.model_copy(
+    update={"name": "linear_attention", "retention": Retention(kind="none")}
+)
+
+
+def chunked_ssd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    log_decay: Tensor | None = None,
+    lr: Tensor | None = None,
+    scale: float = 1.0,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor | None]:
+    """Gated linear recurrence, chunked (via ``chunked_gated_linear``).
+
+    Args:
+        q, k: ``[B, T, H, K]`` (SSM ``C`` and ``B``); a batch dim of 1 broadcasts.
+        v: ``[B, T, H, V]`` (the mixer input ``x``).
+        log_decay: ``[B, T, H]`` or ``[B, T, H, K]``, ``<= 0``; None means no decay.
+        lr: ``[B, T, H]`` write strength (Mamba2's ``dt``); None means 1.
+        scale: multiplies q.
+        initial_state: ``[B, H, K, V]`` or None (zeros).
+        output_final_state: also return ``S_T``.
+        chunk_size: a power of two; no effect on the result.
+
+    Returns:
+        ``(o [B, T, H, V], S_T [B, H, K, V] or None)``.
+    """
+    batch = max(t.shape[0] for t in (q, k, v, log_decay, lr) if t is not None)
+    length, heads = v.shape[1], v.shape[2]
+    lead = (batch, length, heads)
+    q, k, v = (t.expand(batch, *t.shape[1:]) for t in (q, k, v))
+    rate = torch.ones(lead, dtype=v.dtype, device=v.device) if lr is None else lr.expand(lead)
+    decay = None if log_decay is None else log_decay.expand(batch, *log_decay.shape[1:])
+    memory = LINEAR_ATTENTION_MEMORY if decay is None else SSD_MEMORY
+    segment = segment_length(batch * heads, chunk_size)
+    state, outs = initial_state, []
+    for t0 in range(0, length, segment):
+        part = slice(t0, t0 + segment)
+        last = t0 + segment >= length
+        o, mem_state = chunked_gated_linear(
+            memory,
+            q[:, part],
+            k[:, part],
+            v[:, part],
+            lr=rate[:, part],
+            decay=None if decay is None else decay[:, part],
+            scale=scale,
+            initial_state=state,
+            output_final_state=output_final_state or not last,
+            chunk=chunk_size,
+        )
+        outs.append(o)
+        state = None if mem_state is None else mem_state.weights[0]
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), state
+
+
+def segment_length(batch_heads: int, chunk_size: int) -> int:
+    """Tokens per call of the chunked function: about ``SEGMENT_TOKEN_HEADS / (B H)``, a
+    multiple of the chunk size, at least ``MIN_SEGMENT_CHUNKS`` chunks."""
+    chunks = max(MIN_SEGMENT_CHUNKS, SEGMENT_TOKEN_HEADS // max(1, batch_heads * chunk_size))
+    return chunks * chunk_size

@@ -1,0 +1,188 @@
+"""Matrix mixers: fast structured path vs multiplying by the materialised matrix (CPU, float32).
+
+Prints a table (no asserts): for each class at T = 1024, 4096, 16384 (B=1, H=4, D=64,
+state 64), the fast path's time, the time of ``M @ x`` with ``M`` already materialised
+(the same for every class), their ratio, and the fast path's growth t(16384)/t(4096)
+(``T log T`` would be about 4.7x, ``T`` 4x, ``T^2`` 16x). Then Hydra's one-scan
+bidirectional mixer vs two separate causal semiseparable scans on x and flip(x), added.
+
+    python bench/bench_mixers.py [--lengths 1024 4096 16384] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from archdsl.mixers.ops import apply_matrix, flip_time
+from archdsl.mixers.registry import implementation
+from archdsl.mixers.ssd import chunked_ssd
+
+B, H, D, N = 1, 4, 64, 64
+MATERIALIZE_LIMIT_BYTES = 8 * 2**30
+# Fast paths that are O(T^2) in time are not run where they would take minutes.
+SKIP_FAST = {("cauchy/data", 16384): "O(T^2 N): ~70 G terms", ("dense", 16384): "4 GB weight"}
+
+
+def _c(*shape: int) -> Tensor:
+    return torch.randn(*shape, dtype=torch.complex64)
+
+
+def make_params(name: str, t: int) -> dict[str, object]:
+    """Float32 parameters of one class/form at length t (causal)."""
+    rnd = torch.randn
+    if name == "dense":
+        return {"weight": rnd(H, t, t) / math.sqrt(t)}
+    if name in ("attention", "lowrank"):
+        return {"q": rnd(B, t, H, N), "k": rnd(B, t, H, N)}
+    if name == "toeplitz":
+        return {"filter": rnd(H, t) / t}
+    if name == "vandermonde/fixed":
+        a = torch.complex(-torch.rand(H, N) - 0.1, math.pi * torch.arange(N).float().expand(H, N))
+        return {"log_dt": torch.full((H,), math.log(0.01)), "a": a, "b": _c(H, N), "c": _c(H, N)}
+    if name == "vandermonde/data":
+        return {"c": rnd(B, t, H, N), "b": rnd(B, t, H, N), "log_z": -torch.rand(H, N) * 0.5}
+    if name == "cauchy/fixed":
+        lam = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N).float().expand(H, N))
+        return {
+            "log_dt": torch.full((H,), math.log(0.01)),
+            "lam": lam,
+            "p": 0.1 * _c(H, N),
+            "b": _c(H, N),
+            "ct": _c(H, N),
+        }
+    if name == "cauchy/data":
+        return {"q": F.softplus(rnd(B, t, H, N)), "k": -F.softplus(rnd(B, t, H, N)), "c": 1.0}
+    scan: dict[str, object] = {
+        "c": rnd(B, t, H, N) / 8,
+        "b": rnd(B, t, H, N) / 8,
+        "log_a": -F.softplus(rnd(B, t, H)),
+        "lr": F.softplus(rnd(B, t, H)),
+    }
+    if name == "quasiseparable":
+        scan["delta"] = rnd(B, t, H)
+    return scan
+
+
+CASES = [
+    "dense",
+    "attention",
+    "lowrank",
+    "toeplitz",
+    "vandermonde/fixed",
+    "vandermonde/data",
+    "cauchy/fixed",
+    "cauchy/data",
+    "semiseparable",
+    "quasiseparable",
+]
+
+
+def _timeit(fn: Callable[[], object], reps: int) -> float:
+    start = time.perf_counter()
+    fn()  # warm-up; a slow first run (> 2 s) is the measurement, to keep the bench short
+    first = time.perf_counter() - start
+    if first > 2.0:
+        return first
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_time(t: int, reps: int) -> float | None:
+    """Seconds for ``M @ x`` with a materialised ``[B, H, T, T]`` M; None past the limit.
+
+    The cost of the product does not depend on M's entries, so one random matrix per T
+    stands for every class (building the matrix, the oracle's other cost, is excluded).
+    """
+    if 3 * B * H * t * t * 4 > MATERIALIZE_LIMIT_BYTES:
+        return None
+    m, x = torch.randn(B, H, t, t), torch.randn(B, t, H, D)
+    secs = _timeit(lambda: apply_matrix(m, x), reps)
+    return secs
+
+
+def bench_case(name: str, t: int, reps: int) -> float | None:
+    """Seconds for the fast path of one class/form, or None when skipped."""
+    if (name, t) in SKIP_FAST:
+        return None
+    cls, _, form = name.partition("/")
+    causal = cls != "quasiseparable"
+    impl = implementation(cls, form == "data")
+    x = torch.randn(B, t, H, D)
+    params = make_params(name, t)
+    return _timeit(lambda: impl.fast(x, causal=causal, **params), reps)
+
+
+def bench_hydra(t: int, reps: int) -> tuple[float, float]:
+    """One scan over [x ; flip x] (quasiseparable) vs two causal scans added."""
+    impl = implementation("quasiseparable", True)
+    x = torch.randn(B, t, H, D)
+    p = make_params("quasiseparable", t)
+
+    def two_scans() -> Tensor:
+        fw = chunked_ssd(p["c"], p["b"], x, log_decay=p["log_a"], lr=p["lr"])[0]  # type: ignore[arg-type]
+        rev = [flip_time(p[k]) for k in ("c", "b", "log_a", "lr")]  # type: ignore[arg-type]
+        bw = chunked_ssd(rev[0], rev[1], flip_time(x), log_decay=rev[2], lr=rev[3])[0]
+        return fw + flip_time(bw) + x * p["delta"].unsqueeze(-1)  # type: ignore[union-attr]
+
+    one = _timeit(lambda: impl.fast(x, causal=False, **p), reps)
+    two = _timeit(two_scans, reps)
+    return one, two
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument("--reps", type=int, default=2)
+    # One thread by default: on a shared, oversubscribed CPU two threads spin-wait and
+    # time 10-100x worse than one.
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"B={B} H={H} D={D} state={N} float32, threads={torch.get_num_threads()}; times in ms")
+    growth: dict[str, dict[int, float]] = {}
+    with torch.no_grad():
+        dense_mm = {t: matmul_time(t, args.reps) for t in args.lengths}
+        print(
+            "M @ x (materialised, any class): "
+            + "  ".join(
+                f"T={t}: {'skip (> 8 GB)' if v is None else f'{v * 1e3:.1f} ms'}"
+                for t, v in dense_mm.items()
+            )
+        )
+        print(f"{'class':18} {'T':>6} {'fast ms':>10} {'M @ x ms':>14} {'M@x / fast':>11}")
+        for name in CASES:
+            for t in args.lengths:
+                secs, mm = bench_case(name, t, args.reps), dense_mm[t]
+                fast = f"{secs * 1e3:10.1f}" if secs is not None else f"skip ({SKIP_FAST[name, t]})"
+                mat = f"{mm * 1e3:14.1f}" if mm is not None else "skip (> 8 GB)"
+                ratio = f"{mm / secs:10.1f}x" if secs and mm else "-"
+                print(f"{name:18} {t:6d} {fast:>10} {mat:>14} {ratio:>11}", flush=True)
+                if secs is not None:
+                    growth.setdefault(name, {})[t] = secs
+        print("\ngrowth of the fast path, t(16384) / t(4096)  (T log T ~ 4.7x, T^2 = 16x)")
+        for name, by_t in growth.items():
+            if 4096 in by_t and 16384 in by_t:
+                print(f"  {name:18} {by_t[16384] / by_t[4096]:6.1f}x")
+        print("\nHydra bidirectional mixer: one scan over [x ; flip x] vs two causal scans added")
+        for t in args.lengths:
+            one, two = bench_hydra(t, args.reps)
+            print(
+                f"  T={t:6d}  one scan {one * 1e3:8.1f} ms   two scans {two * 1e3:8.1f} ms"
+                f"   two/one = {two / one:4.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
