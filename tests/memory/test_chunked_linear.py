@@ -7,6 +7,7 @@ W_t = alpha_t W_{t-1} + (lr_t k_t) v_t^T (alpha per head or per key channel), o_
 from __future__ import annotations
 
 import doctest
+import math
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from torch import Tensor
 
 import archdsl.memory.chunked_linear as chunked_linear_module
 from archdsl.ir.memory import Bias, Features, Gate, Learner, Memory, Retention, Structure
-from archdsl.memory.chunked_linear import chunked_gated_linear
+from archdsl.memory.chunked_linear import chunked_gated_linear, decay_floor
 from archdsl.memory.reference import memory_reference
 from archdsl.memory.state import MemoryState
 
@@ -282,6 +283,15 @@ def test_rejects_bad_gate_shape() -> None:
         chunked_gated_linear(
             make_memory(), q, q, q, lr=torch.ones(1, 5, 2), decay=torch.zeros(1, 5, 3)
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_decay_floor_is_below_precision_and_keeps_products_normal(dtype: torch.dtype) -> None:
+    info = torch.finfo(dtype)
+    floor = decay_floor(dtype)
+    assert math.exp(floor) < 1e-3 * info.eps
+    assert math.exp(3 * floor) > info.tiny
+    assert decay_floor(torch.float16) == float("-inf")
 
 
 def test_docstring_example() -> None:
