@@ -1,4 +1,7 @@
-"""The torch-facing entry points: compile, build, core (imported lazily by `archdsl`)."""
+"""The compile / build / core entry points (imported lazily by `archdsl`).
+
+Compiling (lowering + code generation) needs no torch; building and running do.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,7 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from archdsl.codegen.torch_module import emit_torch_module
 from archdsl.errors import ArchError
@@ -19,6 +20,9 @@ from archdsl.ir.mixers import MatrixMixer
 from archdsl.ir.spec import Arch
 from archdsl.lower.plan import Plan, lower
 from archdsl.spec import Spec, from_ir, load
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,9 @@ def as_spec(spec_or_path: Spec | Arch | str | Path, **overrides: Value) -> Spec:
         return spec_or_path.with_params(**overrides)
     if isinstance(spec_or_path, Arch):
         if overrides:
-            raise ArchError("parameter overrides need a spec file; rebuild the IR with new values instead")
+            raise ArchError(
+                "parameter overrides need a spec file; rebuild the IR with new values instead"
+            )
         return from_ir(spec_or_path)
     return load(spec_or_path, **overrides)
 
@@ -50,12 +56,16 @@ def as_spec(spec_or_path: Spec | Arch | str | Path, **overrides: Value) -> Spec:
 _CACHE: dict[tuple[str, str], Compiled] = {}
 
 
-def compile_spec(spec_or_path: Spec | Arch | str | Path, backend: str = "torch", **overrides: Value) -> Compiled:
+def compile_spec(
+    spec_or_path: Spec | Arch | str | Path, backend: str = "torch", **overrides: Value
+) -> Compiled:
     """Lower and generate code for a spec; cached by the normalised IR's hash."""
-    from archdsl.runtime.context import BACKENDS
+    from archdsl.vocab import BACKENDS
 
     if backend not in BACKENDS:
-        raise ArchError(f"unknown backend {backend!r}", None, f"choose one of: {', '.join(BACKENDS)}")
+        raise ArchError(
+            f"unknown backend {backend!r}", None, f"choose one of: {', '.join(BACKENDS)}"
+        )
     spec = as_spec(spec_or_path, **overrides)
     key = (spec.ir_hash(), backend)
     if key in _CACHE:
@@ -97,7 +107,9 @@ def load_kernels(source: str, plan: Plan, arch: Arch) -> Any:
     return load_kernel_module(source, plan, arch)
 
 
-def build(spec_or_path: Spec | Arch | str | Path, backend: str = "torch", **overrides: Value) -> nn.Module:
+def build(
+    spec_or_path: Spec | Arch | str | Path, backend: str = "torch", **overrides: Value
+) -> nn.Module:
     """An nn.Module for the spec. A language model maps ids [B, T] to logits [B, T, vocab].
 
     Parameters are overridden by name: ``build("specs/titans.arch", d_model=64, layers=2)``.
@@ -111,7 +123,9 @@ def core(spec_or_path: Spec | Arch | str | Path, name: str, backend: str = "torc
     decl = spec.ir.mixer(name)
     if decl is None:
         names = ", ".join(m.name for m in spec.ir.mixers) or "none"
-        raise ArchError(f"spec '{spec.name}' has no memory or mixer `{name}`", None, f"its mixers: {names}")
+        raise ArchError(
+            f"spec '{spec.name}' has no memory or mixer `{name}`", None, f"its mixers: {names}"
+        )
     if isinstance(decl, Memory):
         from archdsl.memory.core import core_for_memory
 
@@ -120,4 +134,7 @@ def core(spec_or_path: Spec | Arch | str | Path, name: str, backend: str = "torc
         from archdsl.mixers.core import core_for_mixer
 
         return core_for_mixer(decl, backend)
-    raise ArchError(f"`{name}` is a {type(decl).__name__.lower()} mixer; `core` covers memories and matrix mixers")
+    raise ArchError(
+        f"`{name}` is a {type(decl).__name__.lower()} mixer; "
+        "`core` covers memories and matrix mixers"
+    )

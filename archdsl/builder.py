@@ -24,7 +24,19 @@ from archdsl.frontend.schema import bind
 from archdsl.ir.expr import BinOp, Call, Expr, Kwarg, Name, Neg, Num, Str
 from archdsl.ir.memory import Bias, Features, Gate, Learner, Memory, Retention, Structure
 from archdsl.ir.mixers import Attention, Conv, MatrixMixer
-from archdsl.ir.spec import Arch, Assign, Block, BlockRef, Head, Mixer, Model, Param, Repeat, Return, Stage
+from archdsl.ir.spec import (
+    Arch,
+    Assign,
+    Block,
+    BlockRef,
+    Head,
+    Mixer,
+    Model,
+    Param,
+    Repeat,
+    Return,
+    Stage,
+)
 
 ExprLike = Expr | str | int | float | bool
 
@@ -147,11 +159,15 @@ def classifier(vocab: int, classes: int, pool: str = "mean", norm: str = "rms") 
 
 
 def repeat(n: int, *body: str | Stage, shared: bool = False) -> Repeat:
-    return Repeat(n=n, shared=shared, body=tuple(BlockRef(block=b) if isinstance(b, str) else b for b in body))
+    return Repeat(
+        n=n, shared=shared, body=tuple(BlockRef(block=b) if isinstance(b, str) else b for b in body)
+    )
 
 
 def model(head: Head, *stages: str | Stage) -> Model:
-    return Model(head=head, stages=tuple(BlockRef(block=s) if isinstance(s, str) else s for s in stages))
+    return Model(
+        head=head, stages=tuple(BlockRef(block=s) if isinstance(s, str) else s for s in stages)
+    )
 
 
 def arch(

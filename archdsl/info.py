@@ -49,19 +49,29 @@ def state_size(m: Mixer, arch: Arch) -> StateSize:
         w = memory_weights(m, arch)
         total = w * (2 if m.learner.kind == "momentum" else 1)
         conv = 3 * d * max(m.features.conv - 1, 0)
-        note = "weights" + (" + momentum" if m.learner.kind == "momentum" else "") + (" + conv buffers" if conv else "")
+        note = (
+            "weights"
+            + (" + momentum" if m.learner.kind == "momentum" else "")
+            + (" + conv buffers" if conv else "")
+        )
         return StateSize(0, total + conv, note)
     if isinstance(m, Attention):
         heads = m.heads or arch.heads
         kv = (m.kv_heads or heads) * (d // heads)
         if m.window:
-            return StateSize(0, 2 * kv * (m.window + m.persistent), f"KV cache capped at window {m.window}")
+            return StateSize(
+                0, 2 * kv * (m.window + m.persistent), f"KV cache capped at window {m.window}"
+            )
         return StateSize(2 * kv, 2 * kv * m.persistent, "KV cache")
     if isinstance(m, Conv):
         return StateSize(0, d * (m.kernel - 1), "conv buffer")
     assert isinstance(m, MatrixMixer)
     inner = int(m.expand * d)
-    if m.direction == "bidirectional" or m.cls in ("dense", "attention", "cauchy") or (m.cls == "toeplitz" and not m.data):
+    if (
+        m.direction == "bidirectional"
+        or m.cls in ("dense", "attention", "cauchy")
+        or (m.cls == "toeplitz" and not m.data)
+    ):
         return StateSize(inner, 0, "needs the whole sequence (no recurrent form)")
     if m.cls == "lowrank":
         return StateSize(0, inner * m.headdim, "linear-attention state")
@@ -128,9 +138,9 @@ def count_parameters(path: str, overrides: dict[str, Value]) -> tuple[int, int]:
 
     try:
         with torch.device("meta"):
-            model = build(path, **overrides)
+            model = build(path, "torch", **overrides)
     except Exception:  # noqa: BLE001 - some init code needs real tensors: count on CPU
-        model = build(path, **overrides)
+        model = build(path, "torch", **overrides)
     total = sum(p.numel() for p in model.parameters())
     emb = sum(p.numel() for n, p in model.named_parameters() if n.startswith("embedding."))
     return total, emb
@@ -155,10 +165,12 @@ def spec_info(path: str, context: int, overrides: dict[str, Value]) -> str:
         f"{arch.name} ({path}, ir {spec.ir_hash()})",
         "  parameters: " + ", ".join(f"{p.name} = {p.value}" for p in arch.params),
         f"  weights: {total:,} ({_human(total)}), of which embedding {emb:,}",
-        f"  blocks per forward: {len(stage_blocks(arch.model.stages)) if arch.model else 0} distinct, "
+        f"  blocks per forward: {len(stage_blocks(arch.model.stages)) if arch.model else 0} "
+        "distinct, "
         f"mixer calls: {sum(uses.values())}",
         "",
-        f"  {'mixer':<14} {'kind':<10} {'calls':>5} {'state/token':>12} {'state/seq':>12}  lowering",
+        f"  {'mixer':<14} {'kind':<10} {'calls':>5} {'state/token':>12} {'state/seq':>12}"
+        "  lowering",
     ]
     seq_total, tok_total, mix_flops = 0, 0, 0.0
     for m in arch.mixers:
@@ -169,7 +181,8 @@ def spec_info(path: str, context: int, overrides: dict[str, Value]) -> str:
         mix_flops += n * mixer_flops_per_token(m, arch, context)
         kind = plan[m.name].kind
         lines.append(
-            f"  {m.name:<14} {kind:<10} {n:>5} {_human(s.per_token):>12} {_human(s.per_sequence):>12}"
+            f"  {m.name:<14} {kind:<10} {n:>5} "
+            f"{_human(s.per_token):>12} {_human(s.per_sequence):>12}"
             f"  {plan[m.name].algorithm}" + (" [FALLBACK]" if plan[m.name].fallback else "")
         )
         if s.note:
@@ -177,7 +190,8 @@ def spec_info(path: str, context: int, overrides: dict[str, Value]) -> str:
     dense = 2.0 * (total - emb)
     lines += [
         "",
-        f"  state (floats, whole model): {_human(tok_total)} per token + {_human(seq_total)} per sequence",
+        f"  state (floats, whole model): {_human(tok_total)} per token "
+        f"+ {_human(seq_total)} per sequence",
         f"  FLOPs per token at context {context}: {_human(dense + mix_flops)} "
         f"(weights {_human(dense)}, sequence mixing {_human(mix_flops)})",
     ]

@@ -69,7 +69,11 @@ def _checked(sources: SourceSet, overrides: Mapping[str, Value]) -> Spec:
     except ArchError as err:
         raise err.with_sources(sources.texts) from None
     except RecursionError:
-        raise ArchError("the spec is nested too deeply to process", None, "split deep expressions into statements") from None
+        raise ArchError(
+            "the spec is nested too deeply to process",
+            None,
+            "split deep expressions into statements",
+        ) from None
     return Spec(ir=arch, sources=sources, overrides=tuple(sorted(overrides.items())))
 
 

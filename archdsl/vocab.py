@@ -35,7 +35,9 @@ STRUCTURES = {
 BIASES = {
     "dot": Schema("dot", doc="-<M(k), v> (Hebbian)"),
     "l2": Schema("l2", doc="1/2 ||M(k) - v||^2 (delta rule)"),
-    "lp": Schema("lp", {"p": Opt("float", REQUIRED, min=1)}, positional=("p",), doc="||M(k) - v||_p^p"),
+    "lp": Schema(
+        "lp", {"p": Opt("float", REQUIRED, min=1)}, positional=("p",), doc="||M(k) - v||_p^p"
+    ),
     "l1": Schema("l1", doc="||M(k) - v||_1"),
     "huber": Schema(
         "huber",
@@ -69,11 +71,16 @@ RETENTIONS = {
     ),
     "lq": Schema(
         "lq",
-        {"q": Opt("float", REQUIRED, min=1, min_exclusive=True), "alpha": Opt("gate", "none", role="alpha", nullable=True)},
+        {
+            "q": Opt("float", REQUIRED, min=1, min_exclusive=True),
+            "alpha": Opt("gate", "none", role="alpha", nullable=True),
+        },
         positional=("q",),
         doc="Moneta: q-norm normalisation of the accumulator at chunk ends",
     ),
-    "kl": Schema("kl", {"alpha": Opt("gate", "data", role="alpha")}, doc="Memora: softmax retention"),
+    "kl": Schema(
+        "kl", {"alpha": Opt("gate", "data", role="alpha")}, doc="Memora: softmax retention"
+    ),
     "elastic": Schema(
         "elastic",
         {
@@ -235,7 +242,10 @@ BLOCK_OPS: dict[str, BlockOp] = {
         _op(
             "mlp",
             "channel_mixer",
-            {"expand": Opt("float", 4.0, min=0, min_exclusive=True), "act": Opt("choice", "gelu", ACTS)},
+            {
+                "expand": Opt("float", 4.0, min=0, min_exclusive=True),
+                "act": Opt("choice", "gelu", ACTS),
+            },
         ),
         _op("swiglu", "channel_mixer", {"expand": Opt("float", 8 / 3, min=0, min_exclusive=True)}),
         _op(
@@ -293,7 +303,10 @@ HEADS = {
     ),
     "encoder": Schema(
         "encoder",
-        {"vocab": Opt("int", REQUIRED, min=1), "norm": Opt("choice", "rms", ("rms", "layer", "none"))},
+        {
+            "vocab": Opt("int", REQUIRED, min=1),
+            "norm": Opt("choice", "rms", ("rms", "layer", "none")),
+        },
         positional=("vocab",),
     ),
 }
@@ -310,6 +323,10 @@ REPEAT = Schema(
 RECALL = "recall"
 
 CONVENTIONAL_PARAMS = ("d_model", "layers", "heads", "vocab")
+BACKENDS = ("reference", "torch", "triton")
 RESERVED_NAMES = frozenset(
-    set(BLOCK_OPS) | set(MIXER_KINDS) | set(HEADS) | {"repeat", "head", "true", "false", "none", "recall"}
+    set(BLOCK_OPS)
+    | set(MIXER_KINDS)
+    | set(HEADS)
+    | {"repeat", "head", "true", "false", "none", "recall"}
 )

@@ -6,6 +6,12 @@ state 64), the fast path's time, the time of ``M @ x`` with ``M`` already materi
 (``T log T`` would be about 4.7x, ``T`` 4x, ``T^2`` 16x). Then Hydra's one-scan
 bidirectional mixer vs two separate causal semiseparable scans on x and flip(x), added.
 
+The machine this runs on is shared and noisy: the fast path and ``M @ x`` are timed
+alternately, ``reps`` times each, and the medians are compared, so that a change of load
+during the run moves both. ``selective`` is Mamba's S6 scan (P = D = 64 channels per head,
+each with its own decay): its materialised form would be one ``T x T`` matrix per channel
+(16 GB at T = 4096), the same multiply-adds as the per-head ``M @ x``, which stands in.
+
     python bench/bench_mixers.py [--lengths 1024 4096 16384] [--reps 3]
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 from collections.abc import Callable
 
@@ -59,6 +66,10 @@ def make_params(name: str, t: int) -> dict[str, object]:
         }
     if name == "cauchy/data":
         return {"q": F.softplus(rnd(B, t, H, N)), "k": -F.softplus(rnd(B, t, H, N)), "c": 1.0}
+    if name == "selective":
+        a = -torch.arange(1, N + 1, dtype=torch.float32).expand(H, D, N)  # S4D-real
+        dt = F.softplus(rnd(B, t, H, D) - 4.0)
+        return {"dt": dt, "a": a, "b": rnd(B, t, H, N), "c": rnd(B, t, H, N), "d": rnd(H, D)}
     scan: dict[str, object] = {
         "c": rnd(B, t, H, N) / 8,
         "b": rnd(B, t, H, N) / 8,
@@ -81,25 +92,44 @@ CASES = [
     "cauchy/data",
     "semiseparable",
     "quasiseparable",
+    "selective",
 ]
 
 
 def _timeit(fn: Callable[[], object], reps: int) -> float:
+    """Median seconds of ``reps`` runs after a warm-up; a slow warm-up (> 2 s) is the
+    measurement, to keep the bench short."""
+    return _timeit_pair(fn, None, reps)[0]
+
+
+def _timeit_pair(
+    fn: Callable[[], object], other: Callable[[], object] | None, reps: int
+) -> tuple[float, float | None]:
+    """Median seconds of ``fn`` and ``other``, run alternately (see the module docstring)."""
     start = time.perf_counter()
-    fn()  # warm-up; a slow first run (> 2 s) is the measurement, to keep the bench short
+    fn()
     first = time.perf_counter() - start
+    if other is not None:
+        other()
     if first > 2.0:
-        return first
-    times = []
+        return first, (None if other is None else _once(other))
+    times: list[float] = []
+    other_times: list[float] = []
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        times.append(_once(fn))
+        if other is not None:
+            other_times.append(_once(other))
+    return statistics.median(times), (statistics.median(other_times) if other_times else None)
 
 
-def matmul_time(t: int, reps: int) -> float | None:
-    """Seconds for ``M @ x`` with a materialised ``[B, H, T, T]`` M; None past the limit.
+def _once(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def materialized_product(t: int) -> Callable[[], object] | None:
+    """``M @ x`` with a materialised ``[B, H, T, T]`` M; None past the memory limit.
 
     The cost of the product does not depend on M's entries, so one random matrix per T
     stands for every class (building the matrix, the oracle's other cost, is excluded).
@@ -107,20 +137,24 @@ def matmul_time(t: int, reps: int) -> float | None:
     if 3 * B * H * t * t * 4 > MATERIALIZE_LIMIT_BYTES:
         return None
     m, x = torch.randn(B, H, t, t), torch.randn(B, t, H, D)
-    secs = _timeit(lambda: apply_matrix(m, x), reps)
-    return secs
+    return lambda: apply_matrix(m, x)
 
 
-def bench_case(name: str, t: int, reps: int) -> float | None:
-    """Seconds for the fast path of one class/form, or None when skipped."""
+def bench_case(name: str, t: int, reps: int) -> tuple[float | None, float | None]:
+    """Seconds for the fast path of one class/form (None when skipped) and for ``M @ x``
+    (None past the memory limit), timed alternately."""
+    mat = materialized_product(t)
     if (name, t) in SKIP_FAST:
-        return None
+        return None, (None if mat is None else _timeit(mat, reps))
     cls, _, form = name.partition("/")
     causal = cls != "quasiseparable"
-    impl = implementation(cls, form == "data")
+    if name == "selective":
+        impl = implementation("semiseparable", True, "selective")
+    else:
+        impl = implementation(cls, form == "data")
     x = torch.randn(B, t, H, D)
     params = make_params(name, t)
-    return _timeit(lambda: impl.fast(x, causal=causal, **params), reps)
+    return _timeit_pair(lambda: impl.fast(x, causal=causal, **params), mat, reps)
 
 
 def bench_hydra(t: int, reps: int) -> tuple[float, float]:
@@ -133,17 +167,17 @@ def bench_hydra(t: int, reps: int) -> tuple[float, float]:
         fw = chunked_ssd(p["c"], p["b"], x, log_decay=p["log_a"], lr=p["lr"])[0]  # type: ignore[arg-type]
         rev = [flip_time(p[k]) for k in ("c", "b", "log_a", "lr")]  # type: ignore[arg-type]
         bw = chunked_ssd(rev[0], rev[1], flip_time(x), log_decay=rev[2], lr=rev[3])[0]
-        return fw + flip_time(bw) + x * p["delta"].unsqueeze(-1)  # type: ignore[union-attr]
+        return fw + flip_time(bw) + x * p["delta"].unsqueeze(-1)  # type: ignore[attr-defined]
 
-    one = _timeit(lambda: impl.fast(x, causal=False, **p), reps)
-    two = _timeit(two_scans, reps)
+    one, two = _timeit_pair(lambda: impl.fast(x, causal=False, **p), two_scans, reps)
+    assert two is not None
     return one, two
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
     # One thread by default: on a shared, oversubscribed CPU two threads spin-wait and
     # time 10-100x worse than one.
     parser.add_argument("--threads", type=int, default=1)
@@ -153,18 +187,10 @@ def main() -> None:
     print(f"B={B} H={H} D={D} state={N} float32, threads={torch.get_num_threads()}; times in ms")
     growth: dict[str, dict[int, float]] = {}
     with torch.no_grad():
-        dense_mm = {t: matmul_time(t, args.reps) for t in args.lengths}
-        print(
-            "M @ x (materialised, any class): "
-            + "  ".join(
-                f"T={t}: {'skip (> 8 GB)' if v is None else f'{v * 1e3:.1f} ms'}"
-                for t, v in dense_mm.items()
-            )
-        )
         print(f"{'class':18} {'T':>6} {'fast ms':>10} {'M @ x ms':>14} {'M@x / fast':>11}")
         for name in CASES:
             for t in args.lengths:
-                secs, mm = bench_case(name, t, args.reps), dense_mm[t]
+                secs, mm = bench_case(name, t, args.reps)
                 fast = f"{secs * 1e3:10.1f}" if secs is not None else f"skip ({SKIP_FAST[name, t]})"
                 mat = f"{mm * 1e3:14.1f}" if mm is not None else "skip (> 8 GB)"
                 ratio = f"{mm / secs:10.1f}x" if secs and mm else "-"

@@ -28,4 +28,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("--update-golden")) or os.environ.get("ARCHDSL_UPDATE_GOLDEN") == "1"
+    return (
+        bool(request.config.getoption("--update-golden"))
+        or os.environ.get("ARCHDSL_UPDATE_GOLDEN") == "1"
+    )

@@ -94,7 +94,9 @@ def test_source_locations_flow_into_the_ir() -> None:
     lines = (ROOT / "specs" / "transformer.arch").read_text().splitlines()
     assert lines[attn.loc.line - 1].startswith("mixer attn")
     stmt = ir.blocks[0].body[0]
-    assert stmt.loc is not None and lines[stmt.loc.line - 1][stmt.loc.column - 1 :].startswith("x = x + attn(")
+    assert stmt.loc is not None and lines[stmt.loc.line - 1][stmt.loc.column - 1 :].startswith(
+        "x = x + attn("
+    )
 
 
 def test_check_does_not_import_torch() -> None:
@@ -102,8 +104,10 @@ def test_check_does_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys; from archdsl.cli.main import main; rc = main(['check', 'specs/transformer.arch']);"
-        "assert 'torch' not in sys.modules and 'triton' not in sys.modules, 'check imported torch'; sys.exit(rc)"
+        "import sys; from archdsl.cli.main import main;"
+        "rc = main(['check', 'specs/transformer.arch']);"
+        "assert 'torch' not in sys.modules and 'triton' not in sys.modules, 'check imported torch';"
+        "sys.exit(rc)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

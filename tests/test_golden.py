@@ -20,7 +20,9 @@ STAGES = {"ir": "ir.json", "plan": "plan.txt", "torch": "model.py", "graph": "gr
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_golden(spec: Path, stage: str, update_golden: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_golden(
+    spec: Path, stage: str, update_golden: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)
     text = _emit(stage, f"specs/{spec.name}", "torch", {})
     golden = GOLDEN / spec.stem / STAGES[stage]
@@ -28,7 +30,9 @@ def test_golden(spec: Path, stage: str, update_golden: bool, monkeypatch: pytest
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(text)
     assert golden.exists(), f"no golden file {golden}; run pytest with --update-golden"
-    assert text == golden.read_text(), f"{spec.name} {stage} output changed; review, then --update-golden"
+    assert text == golden.read_text(), (
+        f"{spec.name} {stage} output changed; review, then --update-golden"
+    )
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])

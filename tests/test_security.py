@@ -10,6 +10,7 @@ import torch
 import archdsl
 from archdsl import builder as B
 
+HEAD = "arch t(d_model = 8, heads = 2, layers = 1, vocab = 5)"
 HOSTILE = [
     'x"); __import__("os").system("touch /tmp/archdsl_pwned") #',
     "x\nimport os\nos.system('touch /tmp/archdsl_pwned')",
@@ -20,7 +21,9 @@ HOSTILE = [
 ]
 
 
-def _arch(block_name: str = "b", var: str = "h", mixer: str = "attn", param: str = "x") -> archdsl.Spec:
+def _arch(
+    block_name: str = "b", var: str = "h", mixer: str = "attn", param: str = "x"
+) -> archdsl.Spec:
     arch = B.arch(
         "t",
         d_model=8,
@@ -28,7 +31,9 @@ def _arch(block_name: str = "b", var: str = "h", mixer: str = "attn", param: str
         layers=1,
         vocab=5,
         mixers=[B.attention(mixer, causal=True)],
-        blocks=[B.block(block_name, [param], B.let(var, B.call(mixer, param)), B.ret(B.add(param, var)))],
+        blocks=[
+            B.block(block_name, [param], B.let(var, B.call(mixer, param)), B.ret(B.add(param, var)))
+        ],
         model=B.model(B.causal_lm(vocab=5), block_name),
     )
     return arch
@@ -46,10 +51,10 @@ def test_hostile_names_in_python_built_ir_are_refused(name: str, where: str) -> 
 @pytest.mark.parametrize(
     "text",
     [
-        'arch t(d_model = 8, heads = 2, layers = 1, vocab = 5)\nblock b"); __import__("os")(x) { return x }',
-        'arch t(d_model = 8, heads = 2, layers = 1, vocab = 5, s = "\n__import__(\'os\')")',
-        "arch t(d_model = 8, heads = 2, layers = 1, vocab = 5)\nblock b(x) { return __import__(x) }",
-        'arch t(d_model = 8, heads = 2, layers = 1, vocab = 5)\nblock b(x) { return x + "__import__" }\nmodel = causal_lm(vocab) { b }',
+        HEAD + '\nblock b"); __import__("os")(x) { return x }',
+        "arch t(d_model = 8, heads = 2, layers = 1, vocab = 5, s = \"\n__import__('os')\")",
+        HEAD + "\nblock b(x) { return __import__(x) }",
+        HEAD + '\nblock b(x) { return x + "__import__" }\nmodel = causal_lm(vocab) { b }',
     ],
 )
 def test_hostile_text_specs_are_errors(text: str) -> None:
@@ -76,14 +81,18 @@ model = causal_lm(vocab) { class }
 
 
 def test_string_parameters_reach_generated_code_only_as_data() -> None:
-    src = 'arch t(d_model = 8, heads = 2, layers = 1, vocab = 5, note = "\'; import os; os.system(1) #")\n' + (
-        "block b(x) { return x + rmsnorm(x) }\nmodel = causal_lm(vocab) { b }"
+    src = (
+        "arch t(d_model = 8, heads = 2, layers = 1, vocab = 5, "
+        'note = "\'; import os; os.system(1) #")\n'
+        + ("block b(x) { return x + rmsnorm(x) }\nmodel = causal_lm(vocab) { b }")
     )
     compiled = archdsl.compile_spec(archdsl.loads(src, "s.arch"))
     code = compiled.files["model.py"]
     import ast
 
     tree = ast.parse(code)
-    imported = {n.names[0].name for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)}
+    imported = {
+        n.names[0].name for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)
+    }
     assert "os" not in imported
     assert compiled.build()(torch.randint(0, 5, (1, 3))).shape == (1, 3, 5)

@@ -84,7 +84,9 @@ def test_gradients_match_reference() -> None:
 def test_reference_backend_agrees_with_torch_backend() -> None:
     torch.manual_seed(1)
     fast = archdsl.build(SPEC, d_model=32, heads=4, layers=2, vocab=50).double()
-    slow = archdsl.build(SPEC, backend="reference", d_model=32, heads=4, layers=2, vocab=50).double()
+    slow = archdsl.build(
+        SPEC, backend="reference", d_model=32, heads=4, layers=2, vocab=50
+    ).double()
     slow.load_state_dict(fast.state_dict())
     ids = torch.randint(0, 50, (2, 9))
     torch.testing.assert_close(fast(ids), slow(ids), rtol=1e-10, atol=1e-10)
@@ -100,7 +102,9 @@ def test_trains_on_a_copy_task() -> None:
         half = torch.randint(1, 16, (16, 8))
         ids = torch.cat([half, half], dim=1)
         logits = model(ids[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits[:, 8:].reshape(-1, 16), ids[:, 9:].reshape(-1))
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, 8:].reshape(-1, 16), ids[:, 9:].reshape(-1)
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()

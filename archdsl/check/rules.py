@@ -13,6 +13,7 @@ import networkx as nx
 from archdsl import vocab
 from archdsl.errors import ArchError, Diagnostic
 from archdsl.graph.build import block_graph, block_reads, call_graph, calls_in
+from archdsl.ir.base import Loc
 from archdsl.ir.expr import Call, Name, Num
 from archdsl.ir.memory import Memory
 from archdsl.ir.mixers import Attention, Conv, MatrixMixer
@@ -32,7 +33,7 @@ def rule_identifiers(arch: Arch) -> list[Diagnostic]:
     """Names from a spec reach generated Python: only plain identifiers are allowed.
 
     The grammar guarantees it for text specs; this guards IR built in Python."""
-    names: list[tuple[str, object]] = [(arch.name, arch.loc)]
+    names: list[tuple[str, Loc | None]] = [(arch.name, arch.loc)]
     names += [(p.name, p.loc) for p in arch.params]
     names += [(m.name, m.loc) for m in arch.mixers]
     for b in arch.blocks:
@@ -40,7 +41,11 @@ def rule_identifiers(arch: Arch) -> list[Diagnostic]:
         names += [(p, b.loc) for p in b.params]
         names += [(s.target, s.loc) for s in b.body if isinstance(s, Assign)]
     return [
-        Diagnostic(f"{name!r} is not a valid name", loc, "names are letters, digits and `_`, not starting with a digit")  # type: ignore[arg-type]
+        Diagnostic(
+            f"{name!r} is not a valid name",
+            loc,
+            "names are letters, digits and `_`, not starting with a digit",
+        )
         for name, loc in names
         if not is_identifier(name)
     ]
@@ -67,7 +72,13 @@ def rule_block_cycles(arch: Arch) -> list[Diagnostic]:
         return []
     names = [u for u, _ in cycle] + [cycle[0][0]]
     loc = g.edges[cycle[-1]].get("loc")
-    return [Diagnostic(f"blocks call each other in a cycle: {' -> '.join(names)}", loc, "a block cannot use itself, even indirectly")]
+    return [
+        Diagnostic(
+            f"blocks call each other in a cycle: {' -> '.join(names)}",
+            loc,
+            "a block cannot use itself, even indirectly",
+        )
+    ]
 
 
 def rule_shapes(arch: Arch) -> list[Diagnostic]:
@@ -96,7 +107,9 @@ def rule_unused_bindings(arch: Arch) -> list[Diagnostic]:
         read_names = block_reads(arch, block) if not out else set()
         for p in block.params:
             if not out and p not in read_names:
-                out.append(Diagnostic(f"input `{p}` of block `{block.name}` is never used", block.loc))
+                out.append(
+                    Diagnostic(f"input `{p}` of block `{block.name}` is never used", block.loc)
+                )
     return out
 
 
@@ -138,10 +151,22 @@ def rule_unused_declarations(arch: Arch) -> list[Diagnostic]:
     out = []
     for m in arch.mixers:
         if m.name not in reachable and local(m):
-            out.append(Diagnostic(f"{_kind(m)} `{m.name}` is declared but never used", m.loc, "use it in a block, or remove it"))
+            out.append(
+                Diagnostic(
+                    f"{_kind(m)} `{m.name}` is declared but never used",
+                    m.loc,
+                    "use it in a block, or remove it",
+                )
+            )
     for b in arch.blocks:
         if b.name not in reachable and local(b):
-            out.append(Diagnostic(f"block `{b.name}` is declared but never used", b.loc, "add it to the model, or remove it"))
+            out.append(
+                Diagnostic(
+                    f"block `{b.name}` is declared but never used",
+                    b.loc,
+                    "add it to the model, or remove it",
+                )
+            )
     return out
 
 
@@ -175,12 +200,17 @@ def rule_causality(arch: Arch) -> list[Diagnostic]:
                 leaky = m is not None and is_bidirectional(m)
                 leaky_op = call.func == "shortconv" and _kwarg_false(call, "causal")
                 if leaky or leaky_op:
-                    what = f"{_kind(m)} `{call.func}`" if m is not None else "`shortconv(causal = false)`"
+                    what = (
+                        f"{_kind(m)} `{call.func}`"
+                        if m is not None
+                        else "`shortconv(causal = false)`"
+                    )
                     out.append(
                         Diagnostic(
                             f"{what} sees future tokens, but the model is a causal LM",
                             call.loc,
-                            "use a causal mixer here, or a `masked_lm` / `classifier` / `encoder` head",
+                            "use a causal mixer here, "
+                            "or a `masked_lm` / `classifier` / `encoder` head",
                         )
                     )
     return out
@@ -197,16 +227,21 @@ def rule_memory_combinations(arch: Arch) -> list[Diagnostic]:
     for m in arch.mixers:
         if not isinstance(m, Memory):
             continue
-        if m.learner.kind == "implicit" and not (m.structure.kind == "matrix" and m.bias.kind == "l2"):
+        if m.learner.kind == "implicit" and not (
+            m.structure.kind == "matrix" and m.bias.kind == "l2"
+        ):
             out.append(
                 Diagnostic(
-                    "the `implicit` learner is Longhorn's closed form, defined for a matrix memory with the l2 bias",
+                    "the `implicit` learner is Longhorn's closed form, "
+                    "defined for a matrix memory with the l2 bias",
                     m.learner.loc,
                     "use `structure = matrix` and `bias = l2`, or `learner = gd`",
                 )
             )
         if m.retention.tie_key and not (
-            m.retention.kind == "decay" and m.retention.alpha is not None and m.retention.alpha.per == "channel"
+            m.retention.kind == "decay"
+            and m.retention.alpha is not None
+            and m.retention.alpha.per == "channel"
         ):
             out.append(
                 Diagnostic(
@@ -216,7 +251,11 @@ def rule_memory_combinations(arch: Arch) -> list[Diagnostic]:
                 )
             )
         if m.structure.kind == "mlp":
-            for what, gate in (("lr", m.learner.lr), ("momentum", m.learner.beta), ("alpha", m.retention.alpha)):
+            for what, gate in (
+                ("lr", m.learner.lr),
+                ("momentum", m.learner.beta),
+                ("alpha", m.retention.alpha),
+            ):
                 if gate is not None and gate.per == "channel":
                     out.append(
                         Diagnostic(
@@ -226,7 +265,13 @@ def rule_memory_combinations(arch: Arch) -> list[Diagnostic]:
                         )
                     )
         if m.bias.delta is not None and m.bias.delta.per == "channel":
-            out.append(Diagnostic("the Huber threshold `delta` is one value per head", m.bias.delta.loc, "drop `per = channel`"))
+            out.append(
+                Diagnostic(
+                    "the Huber threshold `delta` is one value per head",
+                    m.bias.delta.loc,
+                    "drop `per = channel`",
+                )
+            )
         f = m.features
         if m.structure.kind == "vector" and f.dk is not None and f.dv is not None and f.dk != f.dv:
             out.append(Diagnostic("a vector memory needs dk == dv", f.loc))
@@ -240,15 +285,26 @@ def rule_mixer_dims(arch: Arch) -> list[Diagnostic]:
     d = arch.d_model
     for m in arch.mixers:
         if isinstance(m, Attention) and m.heads is not None and d % m.heads:
-            out.append(Diagnostic(f"attention heads = {m.heads} does not divide d_model = {d}", m.loc))
-        if isinstance(m, Attention) and m.kv_heads is not None and (m.heads or arch.heads) % m.kv_heads:
-            out.append(Diagnostic(f"kv_heads = {m.kv_heads} does not divide the number of query heads", m.loc))
+            out.append(
+                Diagnostic(f"attention heads = {m.heads} does not divide d_model = {d}", m.loc)
+            )
+        if (
+            isinstance(m, Attention)
+            and m.kv_heads is not None
+            and (m.heads or arch.heads) % m.kv_heads
+        ):
+            out.append(
+                Diagnostic(
+                    f"kv_heads = {m.kv_heads} does not divide the number of query heads", m.loc
+                )
+            )
         if isinstance(m, MatrixMixer):
             inner = int(m.expand * d)
             if inner % m.headdim:
                 out.append(
                     Diagnostic(
-                        f"headdim = {m.headdim} does not divide the inner width expand * d_model = {inner}",
+                        f"headdim = {m.headdim} does not divide the inner width "
+                        f"expand * d_model = {inner}",
                         m.loc,
                         "choose headdim among its divisors",
                     )
@@ -258,7 +314,9 @@ def rule_mixer_dims(arch: Arch) -> list[Diagnostic]:
         if isinstance(m, Memory):
             dk = m.features.dk or d // arch.heads
             if m.features.dk is None and d % arch.heads:
-                out.append(Diagnostic("heads must divide d_model for the memory's head size", m.loc))
+                out.append(
+                    Diagnostic("heads must divide d_model for the memory's head size", m.loc)
+                )
             del dk
     return out
 
@@ -277,24 +335,43 @@ def rule_segments(arch: Arch) -> list[Diagnostic]:
 def _segment_call(arch: Arch, block: Block, call: Call) -> list[Diagnostic]:
     if call.func == vocab.RECALL:
         if not block.segment:
-            return [Diagnostic("`recall` reads a memory before the current segment, but the block has no segments", call.loc, f"write `block {block.name}(...) segment(n) {{`")]
+            return [
+                Diagnostic(
+                    "`recall` reads a memory before the current segment, "
+                    "but the block has no segments",
+                    call.loc,
+                    f"write `block {block.name}(...) segment(n) {{`",
+                )
+            ]
         mem = arch.mixer(call.args[0].name) if isinstance(call.args[0], Name) else None
         if not isinstance(mem, Memory):
             return [Diagnostic("`recall` needs a memory", call.loc)]
         if block.segment % mem.batch:
-            return [Diagnostic(f"segment({block.segment}) is not a multiple of memory `{mem.name}`'s batch {mem.batch}", block.loc, "segments must end on mini-batch boundaries")]
+            return [
+                Diagnostic(
+                    f"segment({block.segment}) is not a multiple of "
+                    f"memory `{mem.name}`'s batch {mem.batch}",
+                    block.loc,
+                    "segments must end on mini-batch boundaries",
+                )
+            ]
         return []
     m = arch.mixer(call.func)
     if m is None or len(call.args) < 2:
         return []
     if not isinstance(m, Attention):
-        return [Diagnostic(f"only attention takes context tokens; `{call.func}` takes one input", call.loc)]
+        return [
+            Diagnostic(
+                f"only attention takes context tokens; `{call.func}` takes one input", call.loc
+            )
+        ]
     if not _context_from_recall(arch, block, call):
         return [
             Diagnostic(
                 "attention context tokens must come from `recall(...)` in a segmented block",
                 call.args[1].loc,
-                "every query of a segment sees all context tokens, so they may not depend on the segment itself",
+                "every query of a segment sees all context tokens, "
+                "so they may not depend on the segment itself",
             )
         ]
     return []

@@ -25,7 +25,9 @@ def cmd_check(files: list[str]) -> int:
         n_mixers, n_blocks = len(spec.ir.mixers), len(spec.ir.blocks)
         print(f"{f}: ok ({spec.name}: {n_mixers} mixer(s), {n_blocks} block(s))")
     if len(files) > 1:
-        print(f"{len(files) - failed} ok, {failed} failed", file=sys.stderr if failed else sys.stdout)
+        print(
+            f"{len(files) - failed} ok, {failed} failed", file=sys.stderr if failed else sys.stdout
+        )
     return 1 if failed else 0
 
 
@@ -44,7 +46,10 @@ def _emit(stage: str, path: str, backend: str, overrides: dict[str, Value]) -> s
 
         from archdsl.codegen.torch_module import _without_locs
 
-        return json.dumps(_without_locs(spec.ir.model_dump(mode="json")), indent=2, sort_keys=True) + "\n"
+        return (
+            json.dumps(_without_locs(spec.ir.model_dump(mode="json")), indent=2, sort_keys=True)
+            + "\n"
+        )
     if stage == "graph":
         from archdsl.graph.dump import dump_graphs
 
@@ -63,7 +68,9 @@ def _emit(stage: str, path: str, backend: str, overrides: dict[str, Value]) -> s
     return compiled.files["kernels_triton.py"]
 
 
-def cmd_compile(path: str, output: str | None, backend: str, emit: str | None, overrides: dict[str, Value]) -> int:
+def cmd_compile(
+    path: str, output: str | None, backend: str, emit: str | None, overrides: dict[str, Value]
+) -> int:
     if emit is not None:
         sys.stdout.write(_emit(emit, path, backend, overrides))
         return 0
@@ -95,7 +102,10 @@ def cmd_bench(files: list[str], forward: bool) -> int:
     from archdsl.api import _CACHE, compile_spec
     from archdsl.spec import load
 
-    print(f"{'spec':<28} {'parse+check ms':>15} {'codegen ms':>11}" + (f" {'forward ms':>11}" if forward else ""))
+    print(
+        f"{'spec':<28} {'parse+check ms':>15} {'codegen ms':>11}"
+        + (f" {'forward ms':>11}" if forward else "")
+    )
     for f in files:
         t0 = time.perf_counter()
         spec = load(f)
@@ -116,7 +126,8 @@ def _forward_ms(path: str) -> float:
     from archdsl.api import build
 
     model = build(path, d_model=64, layers=2, heads=4)
-    vocab = int(model.arch.param("vocab")) if hasattr(model, "arch") else 100
+    arch = getattr(model, "arch", None)
+    vocab = int(arch.param("vocab")) if arch is not None else 100
     ids = torch.randint(0, vocab, (1, 128))
     with torch.no_grad():
         model(ids)

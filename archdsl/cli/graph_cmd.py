@@ -52,7 +52,9 @@ def _png(arch: object, out: Path) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".dot", delete=False) as f:
         f.write(to_dot(arch))  # type: ignore[arg-type]
     try:
-        subprocess.run([dot, "-Tpng", f.name, "-o", str(out)], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [dot, "-Tpng", f.name, "-o", str(out)], check=True, capture_output=True, timeout=60
+        )
     except subprocess.CalledProcessError as err:
         raise ArchError(f"graphviz failed: {err.stderr.decode(errors='replace')[:200]}") from None
     finally:

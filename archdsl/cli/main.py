@@ -47,7 +47,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, bool | int | float | str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="archdsl", description="Compile sequence-model architecture specs.")
+    p = argparse.ArgumentParser(
+        prog="archdsl", description="Compile sequence-model architecture specs."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("check", help="parse and check specs (no torch needed)")
@@ -55,9 +57,13 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="generate the PyTorch/Triton package of a spec")
     c.add_argument("file", metavar="FILE")
-    c.add_argument("-o", "--output", metavar="DIR", help="output directory (default: build/<arch name>)")
+    c.add_argument(
+        "-o", "--output", metavar="DIR", help="output directory (default: build/<arch name>)"
+    )
     c.add_argument("--backend", choices=BACKENDS, default="torch")
-    c.add_argument("--emit", choices=EMIT_STAGES, help="print one stage's dump instead of writing files")
+    c.add_argument(
+        "--emit", choices=EMIT_STAGES, help="print one stage's dump instead of writing files"
+    )
     c.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a parameter")
 
     c = sub.add_parser("graph", help="draw the model's blocks and mixers (.dot, .svg or .png)")
@@ -72,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("bench", help="time parse/check/codegen and forward passes of specs")
     c.add_argument("files", nargs="+", metavar="FILE")
-    c.add_argument("--forward", action="store_true", help="also time a forward pass at a small size")
+    c.add_argument(
+        "--forward", action="store_true", help="also time a forward pass at a small size"
+    )
     return p
 
 

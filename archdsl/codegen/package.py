@@ -57,7 +57,9 @@ def package_files(compiled: Any) -> dict[str, str]:
         "ir_hash": spec.ir_hash(),
         "backend": plan.backend,
         "parameters": {p.name: p.value for p in spec.ir.params},
-        "lowering": {m.name: m.algorithm + (" (fallback)" if m.fallback else "") for m in plan.mixers},
+        "lowering": {
+            m.name: m.algorithm + (" (fallback)" if m.fallback else "") for m in plan.mixers
+        },
         "files": sorted([*files, "manifest.json"]),
     }
     files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
@@ -68,7 +70,9 @@ def write_package(files: dict[str, str], out_dir: Path) -> None:
     """Write `files` into `out_dir` atomically (replacing a previous package there)."""
     out_dir = out_dir.resolve()
     if out_dir.exists() and not out_dir.is_dir():
-        raise ArchError(f"output '{out_dir}' exists and is not a directory", None, "choose another -o path")
+        raise ArchError(
+            f"output '{out_dir}' exists and is not a directory", None, "choose another -o path"
+        )
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
         raise ArchError(
             f"output directory '{out_dir}' is not empty and holds no archdsl package",

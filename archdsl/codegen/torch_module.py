@@ -52,10 +52,16 @@ class _BlockEmitter:
     def emit(self) -> str:
         name = _ident(self.block.name, "block")
         params = [_ident(p, "block input") + "_in" for p in self.block.params]
-        mixers = sorted({d["op"] for _, d in self.graph.nodes(data=True) if d["kind"] in ("mixer", "recall")})
+        mixers = sorted(
+            {d["op"] for _, d in self.graph.nodes(data=True) if d["kind"] in ("mixer", "recall")}
+        )
         for m in mixers:
             self.init.append(f"self.mixer_{_ident(m, 'mixer')} = ctx.mixer({m!r})")
-        self.stateful = sorted(m for m in mixers if isinstance(self.arch.mixer(m), Memory)) if self.block.segment else []
+        self.stateful = (
+            sorted(m for m in mixers if isinstance(self.arch.mixer(m), Memory))
+            if self.block.segment
+            else []
+        )
         for nid, data in self.graph.nodes(data=True):
             self._node(nid, data)
         loc = self.block.loc
@@ -78,7 +84,9 @@ class _BlockEmitter:
         """The body run on consecutive segments, memory states carried across them."""
         n = self.block.segment
         lines = ["outputs = []"]
-        lines += [f"state_{m} = None  # memory `{m}` before the current segment" for m in self.stateful]
+        lines += [
+            f"state_{m} = None  # memory `{m}` before the current segment" for m in self.stateful
+        ]
         splits = ", ".join(f"{p}.split({n}, dim=1)" for p in params)
         lines.append(f"for {', '.join(params)}{',' if len(params) == 1 else ''} in zip({splits}):")
         lines += [f"    {s}" for s in self.body]
@@ -117,7 +125,8 @@ class _BlockEmitter:
             op = data["op"]
             self.var[nid] = target
             self.body.append(
-                f"{target}, state_{op} = self.mixer_{op}({args[0]}, state=state_{op}, return_state=True){tag}"
+                f"{target}, state_{op} = "
+                f"self.mixer_{op}({args[0]}, state=state_{op}, return_state=True){tag}"
             )
             return
         elif kind == "mixer":
@@ -132,7 +141,9 @@ class _BlockEmitter:
             assert isinstance(call, Call)
             width = self.graph.nodes[next(iter(sorted(self.graph.predecessors(nid))))]["width"]
             assert isinstance(width, Width)
-            options = "".join(f", {_ident(kw.name, 'option')}={_option(kw.value)}" for kw in call.kwargs)
+            options = "".join(
+                f", {_ident(kw.name, 'option')}={_option(kw.value)}" for kw in call.kwargs
+            )
             self.init.append(f"self.{attr} = ctx.op({call.func!r}, {width.size}{options}){tag}")
             expr = f"self.{attr}({args[0]})"
         self.var[nid] = target
@@ -174,12 +185,20 @@ class _StageEmitter:
                 continue
             assert isinstance(stage, Repeat)
             self.count += 1
-            inner = self.body_class(stage.body, f"Repeat{self.count}", f"repeat({stage.n}{', shared' if stage.shared else ''})")
+            inner = self.body_class(
+                stage.body,
+                f"Repeat{self.count}",
+                f"repeat({stage.n}{', shared' if stage.shared else ''})",
+            )
             if stage.shared:
-                init.append(f"self.{attr} = {inner}(ctx)  # one set of weights, applied {stage.n} times")
+                init.append(
+                    f"self.{attr} = {inner}(ctx)  # one set of weights, applied {stage.n} times"
+                )
                 forward += [f"for _ in range({stage.n}):", f"    h = self.{attr}(h)"]
             else:
-                init.append(f"self.{attr} = nn.ModuleList([{inner}(ctx) for _ in range({stage.n})])")
+                init.append(
+                    f"self.{attr} = nn.ModuleList([{inner}(ctx) for _ in range({stage.n})])"
+                )
                 forward += [f"for layer in self.{attr}:", "    h = layer(h)"]
         lines = [
             f"class {name}(nn.Module):",
@@ -228,6 +247,10 @@ def _without_locs(value: object) -> object:
     return value
 
 
+def _ir_json(arch: Arch) -> str:
+    return json.dumps(_without_locs(arch.model_dump(mode="json")), sort_keys=True)
+
+
 def emit_torch_module(arch: Arch, ir_hash: str, source: str) -> str:
     """The generated module source for `arch` (deterministic for a given IR)."""
     _ident(arch.name, "architecture")
@@ -245,7 +268,7 @@ def emit_torch_module(arch: Arch, ir_hash: str, source: str) -> str:
         "from archdsl.runtime.heads import Embedding, OutputHead",
         "",
         f"IR_HASH = {ir_hash!r}",
-        f"ARCH = Arch.model_validate_json({json.dumps(_without_locs(arch.model_dump(mode='json')), sort_keys=True)!r})",
+        f"ARCH = Arch.model_validate_json({_ir_json(arch)!r})",
         "",
     ]
     for block in arch.blocks:
@@ -257,10 +280,21 @@ def emit_torch_module(arch: Arch, ir_hash: str, source: str) -> str:
         stages.body_class(arch.model.stages, "Body", "the model's stages in order")
         for cls in stages.classes:
             parts += ["", cls]
-        parts += ["", MODEL_CLASS.format(name=_comment(arch.name), stages=f"{len(arch.model.stages)} stage(s)", head=arch.model.head.kind)]
+        parts += [
+            "",
+            MODEL_CLASS.format(
+                name=_comment(arch.name),
+                stages=f"{len(arch.model.stages)} stage(s)",
+                head=arch.model.head.kind,
+            ),
+        ]
         root = "Model"
     else:
         blocks = ", ".join(f"{b.name!r}: Block_{b.name}(ctx)" for b in arch.blocks)
-        parts += ["", f"def BlocksOnly(ctx: BuildContext) -> nn.ModuleDict:\n    return nn.ModuleDict({{{blocks}}})\n"]
+        parts += [
+            "",
+            "def BlocksOnly(ctx: BuildContext) -> nn.ModuleDict:\n"
+            f"    return nn.ModuleDict({{{blocks}}})\n",
+        ]
     parts.append(FOOTER.format(root=root))
     return "\n".join(parts).rstrip() + "\n"

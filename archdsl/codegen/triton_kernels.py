@@ -37,7 +37,9 @@ def _memory_specs(mem: Memory) -> list[Any]:
     from archdsl.codegen.triton.ops import gated_linear_spec
 
     has_decay = mem.retention.kind == "decay"
-    per_channel = has_decay and mem.retention.alpha is not None and mem.retention.alpha.per == "channel"
+    per_channel = (
+        has_decay and mem.retention.alpha is not None and mem.retention.alpha.per == "channel"
+    )
     return [
         gated_linear_spec(
             has_decay=has_decay,
@@ -52,9 +54,9 @@ def _memory_specs(mem: Memory) -> list[Any]:
 
 def kernel_specs(arch: Arch, plan: Plan) -> dict[str, list[Any]]:
     """Mixer name -> the kernel specs it needs (deterministic order)."""
-    from archdsl.codegen.triton.ops import attention_spec
-
     import dataclasses
+
+    from archdsl.codegen.triton.ops import attention_spec
 
     out: dict[str, list[Any]] = {}
     for mp in plan.mixers:

@@ -8,7 +8,6 @@ locations; declarations are plain frozen dataclasses. Resolution turns a `SpecFi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from archdsl.ir.base import Loc
 from archdsl.ir.expr import Call, Expr
@@ -76,7 +75,7 @@ class Return:
     loc: Loc
 
 
-Statement = Union[Assign, Return]
+Statement = Assign | Return
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ class StageRepeat:
     loc: Loc
 
 
-Stage = Union[StageBlock, StageRepeat]
+Stage = StageBlock | StageRepeat
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ class ModelDecl:
     loc: Loc
 
 
-Decl = Union[Let, MemoryDecl, MixerDecl, BlockDecl]
+Decl = Let | MemoryDecl | MixerDecl | BlockDecl
 
 
 @dataclass(frozen=True)

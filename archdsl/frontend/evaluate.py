@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Union
 
 from archdsl.errors import ArchError, did_you_mean
 from archdsl.ir.expr import BinOp, Call, Expr, Name, Neg, Num, Str
 
-Value = Union[bool, int, float, str]
+Value = bool | int | float | str
 
 
 def evaluate(expr: Expr, env: Mapping[str, Value], what: str = "value") -> Value:
@@ -28,7 +27,8 @@ def evaluate(expr: Expr, env: Mapping[str, Value], what: str = "value") -> Value
         raise ArchError(
             f"unknown name `{expr.name}` in {what}",
             expr.loc,
-            did_you_mean(expr.name, list(env)) or "parameters are declared in the `arch` header or by `let`",
+            did_you_mean(expr.name, list(env))
+            or "parameters are declared in the `arch` header or by `let`",
         )
     if isinstance(expr, Neg):
         operand = _number(evaluate(expr.operand, env, what), expr.operand)

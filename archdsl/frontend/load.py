@@ -22,7 +22,9 @@ class SourceSet:
     edges: dict[str, list[tuple[ast.Import, str]]] = field(default_factory=dict)
 
 
-def load_sources(path: str | Path | None = None, text: str | None = None, name: str = "<spec>") -> SourceSet:
+def load_sources(
+    path: str | Path | None = None, text: str | None = None, name: str = "<spec>"
+) -> SourceSet:
     """Parse the root spec (from `path` or `text`) and, recursively, its imports."""
     if text is None:
         if path is None:
@@ -45,7 +47,9 @@ def _read(path: Path, loc: Loc | None) -> str:
         return path.read_text()
     except FileNotFoundError:
         raise ArchError(
-            f"spec file '{path}' not found", loc, "paths in `import` are relative to the importing file"
+            f"spec file '{path}' not found",
+            loc,
+            "paths in `import` are relative to the importing file",
         ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ArchError(f"cannot read spec file '{path}': {err}", loc) from None
@@ -58,7 +62,9 @@ def _load_imports(sources: SourceSet, spec: ast.SpecFile, base: Path, stack: lis
         key = str(target)
         if key in stack or target == Path(stack[0]).resolve():
             chain = " -> ".join([*(Path(s).name for s in stack), Path(key).name])
-            raise ArchError(f"import cycle: {chain}", imp.loc, "a spec may not import itself, even indirectly")
+            raise ArchError(
+                f"import cycle: {chain}", imp.loc, "a spec may not import itself, even indirectly"
+            )
         edges.append((imp, key))
         if key in sources.files:
             continue

@@ -21,7 +21,13 @@ GRAMMAR = Path(__file__).resolve().parent.parent / "grammars" / "arch.lark"
 def _parser() -> Lark:
     # cache=True: lark stores the built LALR tables in the temp dir, keyed by the grammar's
     # hash, which keeps `archdsl check` start-up short.
-    return Lark(GRAMMAR.read_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
+    return Lark(
+        GRAMMAR.read_text(),
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        cache=True,
+    )
 
 
 def parse_text(text: str, file: str = "<spec>") -> ast.SpecFile:
@@ -52,7 +58,9 @@ def _check_depth(tree: Tree, text: str, file: str) -> None:
         if depth > MAX_DEPTH:
             meta = node.meta
             loc = _loc(file, meta)
-            line = text.splitlines()[loc.line - 1] if 1 <= loc.line <= len(text.splitlines()) else None
+            line = (
+                text.splitlines()[loc.line - 1] if 1 <= loc.line <= len(text.splitlines()) else None
+            )
             diag = Diagnostic(
                 f"expression nested more than {MAX_DEPTH} levels deep",
                 loc,
@@ -100,6 +108,7 @@ def _describe(token_type: str) -> str:
 
 def _syntax_error(err: UnexpectedInput, text: str, file: str) -> ArchError:
     line, column = getattr(err, "line", 0) or 0, getattr(err, "column", 0) or 0
+    hint: str | None
     if isinstance(err, UnexpectedEOF) or (
         isinstance(err, UnexpectedToken) and err.token.type == "$END"
     ):
@@ -107,7 +116,8 @@ def _syntax_error(err: UnexpectedInput, text: str, file: str) -> ArchError:
         line, column = len(lines), len(lines[-1]) + 1
         message, hint = "unexpected end of file", _eof_hint(err)
     elif isinstance(err, UnexpectedCharacters):
-        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
+        pos = err.pos_in_stream or 0
+        char = text[pos] if pos < len(text) else "?"
         message = f"unexpected character {char!r}"
         hint = "names are letters, digits and `_`; strings use double quotes"
     elif isinstance(err, UnexpectedToken):
@@ -183,7 +193,9 @@ class _ToAst(Transformer[Any, Any]):
     # expressions
     def number(self, meta: Any, children: list[Token]) -> Num:
         text = str(children[0])
-        too_large = ArchError("number too large", self._l(meta), "numbers in specs must be below 2^62 (about 4.6e18)")
+        too_large = ArchError(
+            "number too large", self._l(meta), "numbers in specs must be below 2^62 (about 4.6e18)"
+        )
         if len(text) > 40:
             raise too_large
         value: int | float = float(text) if any(c in text for c in ".eE") else int(text)
@@ -317,7 +329,11 @@ class _ToAst(Transformer[Any, Any]):
             file=self.file,
             header=headers[0] if headers else None,
             imports=tuple(i for i in items if isinstance(i, ast.Import)),
-            decls=tuple(i for i in items if isinstance(i, ast.Let | ast.MemoryDecl | ast.MixerDecl | ast.BlockDecl)),
+            decls=tuple(
+                i
+                for i in items
+                if isinstance(i, ast.Let | ast.MemoryDecl | ast.MixerDecl | ast.BlockDecl)
+            ),
             model=models[0] if models else None,
             extra_headers=tuple(headers[1:]),
             extra_models=tuple(models[1:]),

@@ -52,27 +52,48 @@ def resolve(sources: SourceSet, overrides: Mapping[str, Value] | None = None) ->
     scope = _gather(sources)
     _check_names(scope)
     env = _lets(scope, env)
-    mixers = tuple(_mixer(d, env) for d in scope.decls.values() if isinstance(d, ast.MemoryDecl | ast.MixerDecl))
+    mixers = tuple(
+        _mixer(d, env)
+        for d in scope.decls.values()
+        if isinstance(d, ast.MemoryDecl | ast.MixerDecl)
+    )
     mixer_names = {m.name for m in mixers}
     block_decls = {n: d for n, d in scope.decls.items() if isinstance(d, ast.BlockDecl)}
     blocks = tuple(_block(d, env, mixer_names, block_decls) for d in block_decls.values())
     model = _model(root.model, env, block_decls) if root.model else None
     name = root.header.name if root.header else "spec"
-    lets = tuple(Param(name=d.name, value=env[d.name], loc=d.loc) for d in scope.decls.values() if isinstance(d, ast.Let))
-    return Arch(name=name, params=params + lets, mixers=mixers, blocks=blocks, model=model, loc=root.header.loc if root.header else None)
+    lets = tuple(
+        Param(name=d.name, value=env[d.name], loc=d.loc)
+        for d in scope.decls.values()
+        if isinstance(d, ast.Let)
+    )
+    return Arch(
+        name=name,
+        params=params + lets,
+        mixers=mixers,
+        blocks=blocks,
+        model=model,
+        loc=root.header.loc if root.header else None,
+    )
 
 
 def _reject_extras(root: ast.SpecFile) -> None:
     if root.extra_headers:
-        raise ArchError("a spec has one `arch` header", root.extra_headers[0].loc, "remove the second header")
+        raise ArchError(
+            "a spec has one `arch` header", root.extra_headers[0].loc, "remove the second header"
+        )
     if root.extra_models:
-        raise ArchError("a spec has one `model`", root.extra_models[0].loc, "remove the second model")
+        raise ArchError(
+            "a spec has one `model`", root.extra_models[0].loc, "remove the second model"
+        )
 
 
 # ---------------------------------------------------------------- parameters
 
 
-def _parameters(root: ast.SpecFile, overrides: Mapping[str, Value]) -> tuple[dict[str, Value], tuple[Param, ...]]:
+def _parameters(
+    root: ast.SpecFile, overrides: Mapping[str, Value]
+) -> tuple[dict[str, Value], tuple[Param, ...]]:
     env: dict[str, Value] = {}
     params: list[Param] = []
     declared = [p.name for p in root.header.params] if root.header else []
@@ -86,7 +107,11 @@ def _parameters(root: ast.SpecFile, overrides: Mapping[str, Value]) -> tuple[dic
     for p in root.header.params if root.header else ():
         if p.name in env:
             raise ArchError(f"parameter `{p.name}` declared twice", p.loc)
-        value = overrides[p.name] if p.name in overrides else evaluate(p.value, env, f"parameter `{p.name}`")
+        value = (
+            overrides[p.name]
+            if p.name in overrides
+            else evaluate(p.value, env, f"parameter `{p.name}`")
+        )
         env[p.name] = value
         params.append(Param(name=p.name, value=value, loc=p.loc))
     _check_dims(env, root)
@@ -100,7 +125,9 @@ def _check_dims(env: Mapping[str, Value], root: ast.SpecFile) -> None:
             continue
         value = env[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ArchError(f"`{name}` must be a positive whole number, got {value!r}", loc.get(name))
+            raise ArchError(
+                f"`{name}` must be a positive whole number, got {value!r}", loc.get(name)
+            )
     d_model, heads = env.get("d_model"), env.get("heads")
     if isinstance(d_model, int) and isinstance(heads, int) and d_model % heads:
         raise ArchError(
@@ -119,7 +146,9 @@ def _lets(scope: _Scope, env: dict[str, Value]) -> dict[str, Value]:
     for decl in scope.decls.values():
         if isinstance(decl, ast.Let):
             if decl.name in env:
-                raise ArchError(f"`{decl.name}` is already a parameter", decl.loc, "choose another name")
+                raise ArchError(
+                    f"`{decl.name}` is already a parameter", decl.loc, "choose another name"
+                )
             env[decl.name] = evaluate(decl.value, env, f"`let {decl.name}`")
     return env
 
@@ -148,7 +177,11 @@ def _gather(sources: SourceSet) -> _Scope:
             available = {_decl_name(d): d for d in sources.files[sub].decls}
             _check_imported_names(imp, available)
             before = wanted.get(sub, set())
-            after = None if before is None or imp.names is None else before | _with_dependencies(set(imp.names), available)
+            after = (
+                None
+                if before is None or imp.names is None
+                else before | _with_dependencies(set(imp.names), available)
+            )
             if sub not in wanted:
                 order.append(sub)
             if sub not in wanted or after != before:
@@ -179,7 +212,9 @@ def _add(scope: _Scope, decl: ast.Decl, local: bool) -> None:
         if scope.decls[name] is decl:
             return
         first = scope.decls[name].loc
-        raise ArchError(f"`{name}` is defined twice (first at {first})", decl.loc, "rename one of them")
+        raise ArchError(
+            f"`{name}` is defined twice (first at {first})", decl.loc, "rename one of them"
+        )
     scope.decls[name] = decl
     if local:
         scope.local.add(name)
@@ -220,7 +255,9 @@ def _mixer(decl: ast.MemoryDecl | ast.MixerDecl, env: Mapping[str, Value]) -> Mi
         raise ArchError(f"mixer `{decl.name}` must be a call such as `attention(causal)`", decl.loc)
     kind = value.func if isinstance(value, Call) else value.name
     if kind not in vocab.MIXER_KINDS:
-        raise ArchError(f"unknown mixer kind `{kind}`", value.loc, did_you_mean(kind, list(vocab.MIXER_KINDS)))
+        raise ArchError(
+            f"unknown mixer kind `{kind}`", value.loc, did_you_mean(kind, list(vocab.MIXER_KINDS))
+        )
     opts, _ = bind(vocab.MIXER_KINDS[kind], value, env, f"mixer `{decl.name}`")
     if kind == "attention":
         return Attention(name=decl.name, loc=decl.loc, **opts)
@@ -229,7 +266,9 @@ def _mixer(decl: ast.MemoryDecl | ast.MixerDecl, env: Mapping[str, Value]) -> Mi
     return Conv(name=decl.name, loc=decl.loc, **opts)
 
 
-def _choice(entry: ast.Entry, table: Mapping[str, Schema], env: Mapping[str, Value], mem: str) -> tuple[str, dict[str, Any]]:
+def _choice(
+    entry: ast.Entry, table: Mapping[str, Schema], env: Mapping[str, Value], mem: str
+) -> tuple[str, dict[str, Any]]:
     value = entry.value
     if not isinstance(value, Call | Name):
         raise ArchError(
@@ -274,9 +313,13 @@ def _memory(decl: ast.MemoryDecl, env: Mapping[str, Value]) -> Memory:
         else:
             kind, opts = "none", {}
         parts[key] = (kind, opts, entries[key].value.loc if key in entries else None)
-    structure = Structure(kind=parts["structure"][0], loc=parts["structure"][2], **parts["structure"][1])
+    structure = Structure(
+        kind=parts["structure"][0], loc=parts["structure"][2], **parts["structure"][1]
+    )
     bias = Bias(kind=parts["bias"][0], loc=parts["bias"][2], **parts["bias"][1])
-    retention = Retention(kind=parts["retention"][0], loc=parts["retention"][2], **parts["retention"][1])
+    retention = Retention(
+        kind=parts["retention"][0], loc=parts["retention"][2], **parts["retention"][1]
+    )
     learner = Learner(kind=parts["learner"][0], loc=parts["learner"][2], **parts["learner"][1])
     batch = 1
     if "batch" in entries:
@@ -284,8 +327,15 @@ def _memory(decl: ast.MemoryDecl, env: Mapping[str, Value]) -> Memory:
     features = Features()
     if "features" in entries:
         value = entries["features"].value
-        if not (isinstance(value, Call | Name) and (value.func if isinstance(value, Call) else value.name) == "qkv"):
-            raise ArchError("`features` must be `qkv(...)`", value.loc, "e.g. `features = qkv(conv = 4, norm = l2)`")
+        if not (
+            isinstance(value, Call | Name)
+            and (value.func if isinstance(value, Call) else value.name) == "qkv"
+        ):
+            raise ArchError(
+                "`features` must be `qkv(...)`",
+                value.loc,
+                "e.g. `features = qkv(conv = 4, norm = l2)`",
+            )
         opts, _ = bind(vocab.FEATURES, value, env, f"features of memory `{decl.name}`")
         features = Features(loc=value.loc, **opts)
     return Memory(
@@ -302,46 +352,86 @@ def _memory(decl: ast.MemoryDecl, env: Mapping[str, Value]) -> Memory:
 
 def _positive_int(entry: ast.Entry, env: Mapping[str, Value], mem: str) -> int:
     value = evaluate(entry.value, env, f"`{entry.key}` of memory `{mem}`")
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 1:
-        raise ArchError(f"`{entry.key}` of memory `{mem}` must be a whole number >= 1, got {value!r}", entry.value.loc)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value != int(value)
+        or value < 1
+    ):
+        raise ArchError(
+            f"`{entry.key}` of memory `{mem}` must be a whole number >= 1, got {value!r}",
+            entry.value.loc,
+        )
     return int(value)
 
 
 # ---------------------------------------------------------------- blocks
 
 
-def _block(decl: ast.BlockDecl, env: Mapping[str, Value], mixers: set[str], blocks: Mapping[str, ast.BlockDecl]) -> Block:
+def _block(
+    decl: ast.BlockDecl,
+    env: Mapping[str, Value],
+    mixers: set[str],
+    blocks: Mapping[str, ast.BlockDecl],
+) -> Block:
     if not decl.params:
-        raise ArchError(f"block `{decl.name}` needs at least one input", decl.loc, f"write `block {decl.name}(x) {{ ... }}`")
+        raise ArchError(
+            f"block `{decl.name}` needs at least one input",
+            decl.loc,
+            f"write `block {decl.name}(x) {{ ... }}`",
+        )
     if len(set(decl.params)) != len(decl.params):
         raise ArchError(f"block `{decl.name}` names an input twice", decl.loc)
     for p in decl.params:
         if p in env:
-            raise ArchError(f"block input `{p}` hides the parameter `{p}`", decl.loc, "rename the input")
+            raise ArchError(
+                f"block input `{p}` hides the parameter `{p}`", decl.loc, "rename the input"
+            )
     bound = set(decl.params)
     body: list[Assign | Return] = []
     for i, stmt in enumerate(decl.body):
         value = _dataflow(stmt.value, env, bound, mixers, blocks, decl.name)
         if isinstance(stmt, ast.Return):
             if i != len(decl.body) - 1:
-                raise ArchError("statement after `return` is never run", decl.body[i + 1].loc, "move the `return` last")
+                raise ArchError(
+                    "statement after `return` is never run",
+                    decl.body[i + 1].loc,
+                    "move the `return` last",
+                )
             body.append(Return(value=value, loc=stmt.loc))
             continue
         if stmt.target in env:
-            raise ArchError(f"`{stmt.target}` is a parameter and cannot be assigned", stmt.loc, "use another name")
+            raise ArchError(
+                f"`{stmt.target}` is a parameter and cannot be assigned",
+                stmt.loc,
+                "use another name",
+            )
         if stmt.target in mixers or stmt.target in blocks or stmt.target in vocab.BLOCK_OPS:
-            raise ArchError(f"`{stmt.target}` names a mixer, block or op and cannot be assigned", stmt.loc)
+            raise ArchError(
+                f"`{stmt.target}` names a mixer, block or op and cannot be assigned", stmt.loc
+            )
         bound.add(stmt.target)
         body.append(Assign(target=stmt.target, value=value, loc=stmt.loc))
     if not body or not isinstance(body[-1], Return):
-        raise ArchError(f"block `{decl.name}` has no `return`", decl.loc, "end the block with `return <value>`")
+        raise ArchError(
+            f"block `{decl.name}` has no `return`", decl.loc, "end the block with `return <value>`"
+        )
     segment = 0
     if decl.segment is not None:
-        value = evaluate(decl.segment, env, f"the segment of block `{decl.name}`")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 1:
-            raise ArchError(f"segment length must be a whole number >= 1, got {value!r}", decl.segment.loc)
-        segment = int(value)
-    return Block(name=decl.name, params=decl.params, body=tuple(body), segment=segment, loc=decl.loc)
+        length = evaluate(decl.segment, env, f"the segment of block `{decl.name}`")
+        if (
+            isinstance(length, bool)
+            or not isinstance(length, int | float)
+            or length != int(length)
+            or length < 1
+        ):
+            raise ArchError(
+                f"segment length must be a whole number >= 1, got {length!r}", decl.segment.loc
+            )
+        segment = int(length)
+    return Block(
+        name=decl.name, params=decl.params, body=tuple(body), segment=segment, loc=decl.loc
+    )
 
 
 def _dataflow(
@@ -358,7 +448,11 @@ def _dataflow(
                 return e
             if e.name in env:
                 value = env[e.name]
-                return Str(value=value, loc=e.loc) if isinstance(value, str) else Num(value=value, loc=e.loc)
+                return (
+                    Str(value=value, loc=e.loc)
+                    if isinstance(value, str)
+                    else Num(value=value, loc=e.loc)
+                )
             raise ArchError(
                 f"`{e.name}` is not defined in block `{block}`",
                 e.loc,
@@ -376,27 +470,53 @@ def _dataflow(
     return walk(expr)
 
 
-def _call(e: Call, walk: Any, env: Mapping[str, Value], mixers: set[str], blocks: Mapping[str, ast.BlockDecl], block: str) -> Call:
+def _call(
+    e: Call,
+    walk: Any,
+    env: Mapping[str, Value],
+    mixers: set[str],
+    blocks: Mapping[str, ast.BlockDecl],
+    block: str,
+) -> Call:
     if e.func == vocab.RECALL:
         return _recall(e, walk, mixers)
     if e.func in mixers or e.func in blocks:
         arity = (1, 2) if e.func in mixers else (len(blocks[e.func].params),)
         kind = "mixer" if e.func in mixers else "block"
         if e.kwargs:
-            raise ArchError(f"{kind} `{e.func}` takes no options at the call", e.kwargs[0].loc, "options go in its declaration")
+            raise ArchError(
+                f"{kind} `{e.func}` takes no options at the call",
+                e.kwargs[0].loc,
+                "options go in its declaration",
+            )
         if len(e.args) not in arity:
-            hint = "a mixer takes its input, and attention optionally context tokens: `attn(x, h)`" if kind == "mixer" else None
-            raise ArchError(f"{kind} `{e.func}` takes {' or '.join(map(str, arity))} input(s), got {len(e.args)}", e.loc, hint)
+            hint = (
+                "a mixer takes its input, and attention optionally context tokens: `attn(x, h)`"
+                if kind == "mixer"
+                else None
+            )
+            raise ArchError(
+                f"{kind} `{e.func}` takes {' or '.join(map(str, arity))} input(s), "
+                f"got {len(e.args)}",
+                e.loc,
+                hint,
+            )
         return Call(func=e.func, args=tuple(walk(a) for a in e.args), loc=e.loc)
     if e.func not in vocab.BLOCK_OPS:
         choices = list(vocab.BLOCK_OPS) + list(mixers) + list(blocks)
-        raise ArchError(f"unknown function `{e.func}` in block `{block}`", e.loc, did_you_mean(e.func, choices))
+        raise ArchError(
+            f"unknown function `{e.func}` in block `{block}`", e.loc, did_you_mean(e.func, choices)
+        )
     op = vocab.BLOCK_OPS[e.func]
     if len(e.args) != op.arity:
         raise ArchError(
             f"`{e.func}` takes {op.arity} input(s), got {len(e.args)}",
             e.loc,
-            "options are given by name, e.g. `" + e.func + "(x, " + (next(iter(op.schema.options), "")) + " = ...)`"
+            "options are given by name, e.g. `"
+            + e.func
+            + "(x, "
+            + (next(iter(op.schema.options), ""))
+            + " = ...)`"
             if op.schema.options
             else None,
         )
@@ -411,8 +531,14 @@ def _recall(e: Call, walk: Any, mixers: set[str]) -> Call:
         raise ArchError("`recall` takes a memory and an input: `recall(memory, x)`", e.loc)
     target = e.args[0]
     if target.name not in mixers:
-        raise ArchError(f"`recall` needs a memory, and `{target.name}` is not one", target.loc, did_you_mean(target.name, list(mixers)))
-    return Call(func=e.func, args=(Name(name=target.name, loc=target.loc), walk(e.args[1])), loc=e.loc)
+        raise ArchError(
+            f"`recall` needs a memory, and `{target.name}` is not one",
+            target.loc,
+            did_you_mean(target.name, list(mixers)),
+        )
+    return Call(
+        func=e.func, args=(Name(name=target.name, loc=target.loc), walk(e.args[1])), loc=e.loc
+    )
 
 
 def _const(value: Value) -> Expr:
@@ -424,10 +550,16 @@ def _const(value: Value) -> Expr:
 # ---------------------------------------------------------------- model
 
 
-def _model(decl: ast.ModelDecl, env: Mapping[str, Value], blocks: Mapping[str, ast.BlockDecl]) -> Model:
+def _model(
+    decl: ast.ModelDecl, env: Mapping[str, Value], blocks: Mapping[str, ast.BlockDecl]
+) -> Model:
     head_call = decl.head
     if head_call.func not in vocab.HEADS:
-        raise ArchError(f"unknown model head `{head_call.func}`", head_call.loc, did_you_mean(head_call.func, list(vocab.HEADS)))
+        raise ArchError(
+            f"unknown model head `{head_call.func}`",
+            head_call.loc,
+            did_you_mean(head_call.func, list(vocab.HEADS)),
+        )
     opts, _ = bind(vocab.HEADS[head_call.func], head_call, env, f"model head `{head_call.func}`")
     head = Head(kind=head_call.func, loc=head_call.loc, **opts)  # type: ignore[arg-type]
     if not decl.stages:
@@ -435,13 +567,20 @@ def _model(decl: ast.ModelDecl, env: Mapping[str, Value], blocks: Mapping[str, a
     return Model(head=head, stages=tuple(_stage(s, env, blocks) for s in decl.stages), loc=decl.loc)
 
 
-def _stage(stage: ast.Stage, env: Mapping[str, Value], blocks: Mapping[str, ast.BlockDecl]) -> Stage:
+def _stage(
+    stage: ast.Stage, env: Mapping[str, Value], blocks: Mapping[str, ast.BlockDecl]
+) -> Stage:
     if isinstance(stage, ast.StageBlock):
         if stage.name not in blocks:
-            raise ArchError(f"unknown block `{stage.name}` in the model", stage.loc, did_you_mean(stage.name, list(blocks)))
+            raise ArchError(
+                f"unknown block `{stage.name}` in the model",
+                stage.loc,
+                did_you_mean(stage.name, list(blocks)),
+            )
         if len(blocks[stage.name].params) != 1:
             raise ArchError(
-                f"block `{stage.name}` takes {len(blocks[stage.name].params)} inputs; a model stage takes one",
+                f"block `{stage.name}` takes {len(blocks[stage.name].params)} inputs; "
+                "a model stage takes one",
                 stage.loc,
             )
         return BlockRef(block=stage.name, loc=stage.loc)

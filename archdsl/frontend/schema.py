@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from archdsl.errors import ArchError, did_you_mean
 from archdsl.frontend.evaluate import Value, evaluate, names_in
-from archdsl.ir.base import Loc
+from archdsl.ir.base import IRNode, Loc
 from archdsl.ir.expr import Call, Expr, Name, Num
 from archdsl.ir.memory import Gate
 
@@ -51,7 +51,12 @@ GATE_SCHEMA = {
         {
             "per": Opt("choice", "head", ("head", "channel")),
             "rank": Opt("int", 0, min=0),
-            "act": Opt("choice", None, ("sigmoid", "softplus", "logsigmoid", "mamba", "identity"), nullable=True),
+            "act": Opt(
+                "choice",
+                None,
+                ("sigmoid", "softplus", "logsigmoid", "mamba", "identity"),
+                nullable=True,
+            ),
         },
     ),
     "learned": Schema(
@@ -84,7 +89,9 @@ def bind(
                 _flag_hint(schema, arg),
             )
         option = positional.pop(0)
-        _set_once(values, option, convert(schema.options[option], arg, env, what, option), arg, what)
+        _set_once(
+            values, option, convert(schema.options[option], arg, env, what, option), arg, what
+        )
     for kw in kwargs:
         if kw.name not in schema.options:
             raise ArchError(
@@ -123,7 +130,7 @@ def _flag_hint(schema: Schema, arg: Expr) -> str | None:
     return f"`{schema.name}` takes no arguments"
 
 
-def _set_once(values: dict[str, Any], option: str, value: Any, node: Expr, what: str) -> None:
+def _set_once(values: dict[str, Any], option: str, value: Any, node: IRNode, what: str) -> None:
     if option in values:
         raise ArchError(f"option `{option}` given twice in {what}", node.loc)
     values[option] = value
@@ -188,10 +195,14 @@ def _check_range(opt: Opt, value: float, expr: Expr, what: str, option: str) -> 
             bound = f"greater than {opt.min:g}" if opt.min_exclusive else f"at least {opt.min:g}"
             raise ArchError(f"`{option}` in {what} must be {bound}, got {value:g}", expr.loc)
     if opt.max is not None and value > opt.max:
-        raise ArchError(f"`{option}` in {what} must be at most {opt.max:g}, got {value:g}", expr.loc)
+        raise ArchError(
+            f"`{option}` in {what} must be at most {opt.max:g}, got {value:g}", expr.loc
+        )
 
 
-def convert_gate(opt: Opt, expr: Expr, env: Mapping[str, Value], what: str, option: str) -> Gate | None:
+def convert_gate(
+    opt: Opt, expr: Expr, env: Mapping[str, Value], what: str, option: str
+) -> Gate | None:
     """A gate: a number, a formula over `head`/`heads`, `learned(...)` or `data(...)`."""
     if isinstance(expr, Name) and expr.name == "none" and opt.nullable:
         return None
@@ -201,7 +212,7 @@ def convert_gate(opt: Opt, expr: Expr, env: Mapping[str, Value], what: str, opti
     if isinstance(expr, Call) and expr.func in GATE_SCHEMA:
         values, _ = bind(GATE_SCHEMA[expr.func], expr, env, f"gate `{option}`")
         if expr.func == "data":
-            act = values["act"] or GATE_DEFAULT_ACT.get(role, "sigmoid")
+            act: Any = values["act"] or GATE_DEFAULT_ACT.get(role, "sigmoid")
             return Gate(mode="data", per=values["per"], rank=values["rank"], act=act, loc=expr.loc)
         init = values["init"] if values["init"] is not None else GATE_DEFAULT_INIT.get(role, 0.5)
         return Gate(mode="learned", per=values["per"], value=init, loc=expr.loc)
@@ -247,5 +258,10 @@ def _fold_params(expr: Expr, env: Mapping[str, Value]) -> Expr:
     if isinstance(expr, Neg):
         return Neg(operand=_fold_params(expr.operand, env), loc=expr.loc)
     if isinstance(expr, BinOp):
-        return BinOp(op=expr.op, lhs=_fold_params(expr.lhs, env), rhs=_fold_params(expr.rhs, env), loc=expr.loc)
+        return BinOp(
+            op=expr.op,
+            lhs=_fold_params(expr.lhs, env),
+            rhs=_fold_params(expr.rhs, env),
+            loc=expr.loc,
+        )
     return expr

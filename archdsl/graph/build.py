@@ -50,7 +50,15 @@ class _BlockGraphBuilder:
 
     def node(self, kind: str, label: str, width: Width, loc: Loc | None, **attrs: object) -> str:
         nid = f"n{next(self.ids)}"
-        self.g.add_node(nid, kind=kind, label=label, width=width, loc=loc, shape=shape_text(self.arch, width), **attrs)
+        self.g.add_node(
+            nid,
+            kind=kind,
+            label=label,
+            width=width,
+            loc=loc,
+            shape=shape_text(self.arch, width),
+            **attrs,
+        )
         return nid
 
     def width(self, nid: str) -> Width:
@@ -85,7 +93,9 @@ class _BlockGraphBuilder:
             self.reads.add(e.name)
             return self.env[e.name]
         if isinstance(e, Str):
-            raise ArchError("a string has no meaning in a block's dataflow", e.loc, "use a number or a tensor")
+            raise ArchError(
+                "a string has no meaning in a block's dataflow", e.loc, "use a number or a tensor"
+            )
         if isinstance(e, Num):
             return self.node("const", str(e.value), Width(1, scalar=True), e.loc)
         if isinstance(e, Neg):
@@ -103,7 +113,8 @@ class _BlockGraphBuilder:
         wl, wr = self.width(lhs), self.width(rhs)
         if not wl.scalar and not wr.scalar and wl.size != wr.size:
             raise ArchError(
-                f"shape mismatch in `{e.op}`: {shape_text(self.arch, wl)} vs {shape_text(self.arch, wr)}",
+                f"shape mismatch in `{e.op}`: "
+                f"{shape_text(self.arch, wl)} vs {shape_text(self.arch, wr)}",
                 e.loc,
                 "both sides of an elementwise operation need the same width",
             )
@@ -120,10 +131,18 @@ class _BlockGraphBuilder:
         w = self.width(src)
         if w.scalar or w.size != self.arch.d_model:
             raise ArchError(
-                f"`recall` takes [B, T, d_model] (d_model = {self.arch.d_model}), got {shape_text(self.arch, w)}",
+                f"`recall` takes [B, T, d_model] (d_model = {self.arch.d_model}), "
+                f"got {shape_text(self.arch, w)}",
                 e.args[1].loc,
             )
-        nid = self.node("recall", f"recall {memory.name}", Width(self.arch.d_model), e.loc, op=memory.name, call=e)
+        nid = self.node(
+            "recall",
+            f"recall {memory.name}",
+            Width(self.arch.d_model),
+            e.loc,
+            op=memory.name,
+            call=e,
+        )
         self.g.add_edge(src, nid, arg=0)
         return nid
 
@@ -138,7 +157,8 @@ class _BlockGraphBuilder:
             for a, w in zip(e.args, widths):
                 if w.scalar or w.size != d:
                     raise ArchError(
-                        f"{kind} `{e.func}` takes [B, T, d_model] (d_model = {d}), got {shape_text(self.arch, w)}",
+                        f"{kind} `{e.func}` takes [B, T, d_model] (d_model = {d}), "
+                        f"got {shape_text(self.arch, w)}",
                         a.loc,
                     )
             width = Width(d)
@@ -153,8 +173,8 @@ class _BlockGraphBuilder:
                 width = Width(int(out.value)) if isinstance(out, Num) else Width(d)
             kind = "op"
         nid = self.node(kind, e.func, width, e.loc, op=e.func, call=e)
-        for i, a in enumerate(args):
-            self.g.add_edge(a, nid, arg=i)
+        for i, src in enumerate(args):
+            self.g.add_edge(src, nid, arg=i)
         return nid
 
 

@@ -14,6 +14,8 @@ def dump_graphs(arch: Arch) -> str:
         for nid, d in g.nodes(data=True):
             binds = f"  -> {', '.join(d['binds'])}" if d.get("binds") else ""
             out.append(f"  {nid:<5} {d['kind']:<7} {d['label']:<12} {d['shape']}{binds}")
-        for u, v, d in sorted(g.edges(data=True), key=lambda e: (int(e[1][1:]), e[2].get("arg", 0))):
+        for u, v, d in sorted(
+            g.edges(data=True), key=lambda e: (int(e[1][1:]), e[2].get("arg", 0))
+        ):
             out.append(f"  {u} -> {v} (arg {d.get('arg', 0)})")
     return "\n".join(out) + "\n"

@@ -7,7 +7,7 @@ architecture header (`d_model / heads`) and the dataflow of blocks
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 from archdsl.ir.base import IRNode
 
@@ -53,7 +53,7 @@ class Call(IRNode):
         return None
 
 
-Expr = Union[Num, Str, Name, Neg, BinOp, Call]
+Expr = Num | Str | Name | Neg | BinOp | Call
 
 for _model in (Neg, BinOp, Kwarg, Call):
     _model.model_rebuild()

@@ -29,7 +29,8 @@ class MatrixMixer(IRNode):
     ``max_len``: fixed sequence length for `dense` and fixed `toeplitz`;
     ``kernel``: how a fixed toeplitz filter is parametrised (explicit or implicit MLP,
     Hyena; s4 / s4d kernels), or, for `semiseparable`, ``selective`` = Mamba's S6 scan
-    (a diagonal A per channel and state, data-dependent dt, B, C); ``gate``: multiplicative output gate (Mamba / Hydra z branch).
+    (a diagonal A per channel and state, data-dependent dt, B, C); ``gate``:
+    multiplicative output gate (Mamba / Hydra z branch).
     """
 
     name: str

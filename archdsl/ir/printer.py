@@ -17,7 +17,12 @@ _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2, "**": 4}
 
 def print_arch(arch: Arch) -> str:
     """The canonical spec text of `arch`."""
-    out = [f"arch {arch.name}(" + ", ".join(f"{p.name} = {_param(p.value)}" for p in arch.params) + ")", ""]
+    out = [
+        f"arch {arch.name}("
+        + ", ".join(f"{p.name} = {_param(p.value)}" for p in arch.params)
+        + ")",
+        "",
+    ]
     for mixer in arch.mixers:
         out.append(print_mixer(mixer))
         out.append("")
@@ -50,7 +55,15 @@ def _value(value: object) -> str:
 
 def print_expr(expr: Expr, parent: int = 0) -> str:
     if isinstance(expr, Num):
-        return _value(expr.value) if not (isinstance(expr.value, int | float) and not isinstance(expr.value, bool) and expr.value < 0) else f"({_value(expr.value)})"
+        return (
+            _value(expr.value)
+            if not (
+                isinstance(expr.value, int | float)
+                and not isinstance(expr.value, bool)
+                and expr.value < 0
+            )
+            else f"({_value(expr.value)})"
+        )
     if isinstance(expr, Str):
         return '"' + expr.value + '"'
     if isinstance(expr, Name):
@@ -65,7 +78,9 @@ def print_expr(expr: Expr, parent: int = 0) -> str:
         text = f"{lhs} {expr.op} {rhs}"
         return f"({text})" if prec < parent else text
     assert isinstance(expr, Call)
-    parts = [print_expr(a) for a in expr.args] + [f"{k.name} = {print_expr(k.value)}" for k in expr.kwargs]
+    parts = [print_expr(a) for a in expr.args] + [
+        f"{k.name} = {print_expr(k.value)}" for k in expr.kwargs
+    ]
     return f"{expr.func}(" + ", ".join(parts) + ")"
 
 
@@ -96,7 +111,13 @@ def print_mixer(mixer: Mixer) -> str:
     if isinstance(mixer, Memory):
         return print_memory(mixer)
     fields = mixer.model_dump(exclude={"loc", "name"})
-    kind = "attention" if isinstance(mixer, Attention) else "matrix" if isinstance(mixer, MatrixMixer) else "conv"
+    kind = (
+        "attention"
+        if isinstance(mixer, Attention)
+        else "matrix"
+        if isinstance(mixer, MatrixMixer)
+        else "conv"
+    )
     assert isinstance(mixer, Attention | MatrixMixer | Conv)
     return f"mixer {mixer.name} = " + _options(kind, **fields)
 

@@ -7,15 +7,15 @@ other blocks, and the closed vocabulary of ops (`archdsl.vocab`).
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 from archdsl.ir.base import IRNode
 from archdsl.ir.expr import Call, Expr
 from archdsl.ir.memory import Memory
 from archdsl.ir.mixers import Attention, Conv, MatrixMixer
 
-Mixer = Union[Memory, MatrixMixer, Attention, Conv]
-ParamValue = Union[bool, int, float, str]
+Mixer = Memory | MatrixMixer | Attention | Conv
+ParamValue = bool | int | float | str
 
 
 class Param(IRNode):
@@ -58,7 +58,7 @@ class BlockRef(IRNode):
     block: str
 
 
-Stage = Union[BlockRef, Repeat]
+Stage = BlockRef | Repeat
 
 HeadKind = Literal["causal_lm", "masked_lm", "classifier", "encoder"]
 

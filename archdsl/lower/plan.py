@@ -53,15 +53,29 @@ def _memory_rule(m: Mixer, backend: str) -> MixerPlan | None:
         return None
     rule = select_rule(m)
     if rule is None:
-        return MixerPlan(name=m.name, kind="memory", algorithm="reference token loop (no rule)", fallback=True)
-    kernel = f"memory_{m.name}" if backend == "triton" and rule.name == "chunked_gated_linear" else None
+        return MixerPlan(
+            name=m.name, kind="memory", algorithm="reference token loop (no rule)", fallback=True
+        )
+    kernel = (
+        f"memory_{m.name}" if backend == "triton" and rule.name == "chunked_gated_linear" else None
+    )
     return MixerPlan(name=m.name, kind="memory", algorithm=rule.name, triton_kernel=kernel)
 
 
 def _attention_rule(m: Mixer, backend: str) -> MixerPlan | None:
     if not isinstance(m, Attention):
         return None
-    masks = [n for n, on in (("causal", m.causal), ("window", m.window), ("prefix", m.prefix), ("sinks", m.sinks), ("persistent", m.persistent)) if on]
+    masks = [
+        n
+        for n, on in (
+            ("causal", m.causal),
+            ("window", m.window),
+            ("prefix", m.prefix),
+            ("sinks", m.sinks),
+            ("persistent", m.persistent),
+        )
+        if on
+    ]
     kernel = f"attention_{m.name}" if backend == "triton" and m.pos in ("rope", "none") else None
     algo = "flash attention" + (f" [{', '.join(masks)}]" if masks else "") + f", pos={m.pos}"
     return MixerPlan(name=m.name, kind="attention", algorithm=algo, triton_kernel=kernel)
@@ -70,14 +84,19 @@ def _attention_rule(m: Mixer, backend: str) -> MixerPlan | None:
 def _matrix_rule(m: Mixer, backend: str) -> MixerPlan | None:
     if not isinstance(m, MatrixMixer):
         return None
-    algo = f"{m.cls}: {MATRIX_ALGORITHMS[m.cls]}, {m.direction}, {'data-dependent' if m.data else 'fixed'}"
+    params = "data-dependent" if m.data else "fixed"
+    algo = f"{m.cls}: {MATRIX_ALGORITHMS[m.cls]}, {m.direction}, {params}"
     return MixerPlan(name=m.name, kind="matrix", algorithm=algo)
 
 
 def _conv_rule(m: Mixer, backend: str) -> MixerPlan | None:
     if not isinstance(m, Conv):
         return None
-    return MixerPlan(name=m.name, kind="conv", algorithm=f"depthwise conv1d (k={m.kernel}, {'causal' if m.causal else 'centred'})")
+    return MixerPlan(
+        name=m.name,
+        kind="conv",
+        algorithm=f"depthwise conv1d (k={m.kernel}, {'causal' if m.causal else 'centred'})",
+    )
 
 
 MIXER_RULES: tuple[Callable[[Mixer, str], MixerPlan | None], ...] = (
@@ -97,7 +116,12 @@ def plan_mixer(m: Mixer, backend: str) -> MixerPlan:
 
 
 def lower(arch: Arch, ir_hash: str, backend: str = "torch") -> Plan:
-    return Plan(arch=arch.name, ir_hash=ir_hash, backend=backend, mixers=tuple(plan_mixer(m, backend) for m in arch.mixers))
+    return Plan(
+        arch=arch.name,
+        ir_hash=ir_hash,
+        backend=backend,
+        mixers=tuple(plan_mixer(m, backend) for m in arch.mixers),
+    )
 
 
 def dump_plan(plan: Plan) -> str:

@@ -40,7 +40,6 @@ from archdsl.memory.chunked_linear import (
     DEFAULT_CHUNK,
     decay_factor,
     decayed_scores,
-    from_chunks,
     head_or_channel,
     initial_weights,
     to_chunks,
@@ -105,15 +104,18 @@ def delta_rule_chunks(
         strict, torch.cat([v, k_in], dim=-1), upper=False, unitriangular=True
     )
     u, wk = solved[..., :dv], solved[..., dv:]
-    a_out_t = a_out.transpose(-1, -2)
+    n_chunks = q.shape[2]
+    decays = chunk_decay.unbind(2) if chunk_decay is not None else [None] * n_chunks
+    # unbind, not indexing: see chunked_linear._chunk_start_states
+    per_chunk = zip(u.unbind(2), wk.unbind(2), a_out.transpose(-1, -2).unbind(2), decays)
     state = s0
     starts, errors = [], []
-    for n in range(q.shape[2]):
+    for u_n, wk_n, a_n, decay_n in per_chunk:
         starts.append(state)
-        err = u[:, :, n] - wk[:, :, n] @ state
+        err = u_n - wk_n @ state
         errors.append(err)
-        kept = state if chunk_decay is None else state * chunk_decay[:, :, n]
-        state = kept + a_out_t[:, :, n] @ err
+        kept = state if decay_n is None else state * decay_n
+        state = kept + a_n @ err
     o = q_in @ torch.stack(starts, dim=2) + reads @ torch.stack(errors, dim=2)
     return o, state
 
@@ -173,5 +175,7 @@ def chunked_delta_rule(
     b = None if log_alpha is None else to_chunks(log_alpha, chunk).cumsum(dim=3)
     qc, kc, vc, ac = (to_chunks(y, chunk) for y in (q, k, v, a))
     o, final = delta_rule_chunks(qc, kc, vc, ac, b, s0)
-    o = from_chunks(o, t * steps)[:, steps - 1 :: steps]
+    # drop the padding, then read each token on its last copy
+    o = o.reshape(bsz, h, -1, o.shape[-1])[:, :, : t * steps]
+    o = o.reshape(bsz, h, t, steps, -1)[..., -1, :].transpose(1, 2).contiguous()
     return o, (MemoryState((final,)) if output_final_state else None)

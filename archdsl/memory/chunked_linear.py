@@ -27,7 +27,10 @@ full ``[C, C, dk]`` decay tensor is too big; `decayed_scores` instead splits the
 recursively in halves: the block "second half x first half" of each split factorises
 exactly around the split point ``r`` (``s <= r < t``) as
 ``(q_t exp(b_t - b_r)) . (k_s exp(b_r - b_s))``, both factors ``<= 1``, one matmul per level,
-``log2(C)`` levels. Decays must be finite (``alpha > 0``).
+``log2(C)`` levels. Decays must be finite (``alpha > 0``). Every factor is floored at
+``exp(decay_floor(dtype))`` (float32: ~2.5e-11, far below its precision), which keeps the
+products of up to three factors that the chunked forms build out of the subnormal range,
+where CPU arithmetic is a hundred times slower (`decay_floor`).
 
 The functions here are also the building blocks of `archdsl.memory.chunked_delta`.
 """
@@ -93,19 +96,20 @@ def to_chunks(x: Tensor, chunk: int) -> Tensor:
 
 
 def from_chunks(x: Tensor, t: int) -> Tensor:
-    """``[B, H, N, C, *rest]`` -> ``[B, T, H, *rest]`` (drops the padding)."""
+    """``[B, H, N, C, *rest]`` -> ``[B, T, H, *rest]``, contiguous (drops the padding)."""
     b, h, n, c = x.shape[:4]
-    return x.reshape(b, h, n * c, *x.shape[4:])[:, :, :t].transpose(1, 2)
+    return x.reshape(b, h, n * c, *x.shape[4:])[:, :, :t].transpose(1, 2).contiguous()
 
 
 def decay_floor(dtype: torch.dtype) -> float:
-    """The smallest log decay factor formed: ``0.35 log(tiny)`` (float32: -30.6).
+    """The smallest log decay factor formed: ``0.28 log(tiny)`` (float32: -24.4).
 
-    Products of two factors ``>= exp(floor)`` (the recursive halving multiplies two) stay
-    normal numbers; subnormals slow CPU arithmetic a hundredfold at strong decays. A factor
-    below ``exp(floor)`` is ``< 1e-13`` (float32; 1e-107 in float64), far below the
-    precision of the sums it enters, so raising it to ``exp(floor)`` changes no result
-    beyond rounding. Types whose eps is above ``exp(floor)`` (float16) are not clamped.
+    Products of up to three factors ``>= exp(floor)`` stay normal numbers (the recursive
+    halving multiplies two, the delta rule's solve a third); subnormals slow CPU arithmetic
+    a hundredfold at strong decays. ``exp(floor)`` is 2.5e-11 in float32 (eps 1.2e-7) and
+    3e-87 in float64, far below the precision of the sums a floored factor enters, so the
+    floor changes no result beyond rounding. float16, whose eps is above ``exp(floor)``, is
+    not floored.
     """
     info = torch.finfo(dtype)
     floor = 0.28 * math.log(info.tiny)
@@ -212,16 +216,15 @@ def _chunk_start_states(s0: Tensor, chunk_decay: Tensor | None, writes: Tensor) 
     """States at the start of every chunk and after the last: ``S_{n+1} = a_n S_n + U_n``.
 
     s0: ``[B, H, *state]``; writes U: ``[B, H, N, *state]``; chunk_decay a (already
-    exponentiated): None or ``[B, H, N, *k]`` with ``k`` a prefix of the state dims (it is
-    broadcast over the remaining trailing dims). Returns ``N + 1`` tensors.
+    exponentiated): None or ``[B, H, N, ...]``, each ``a_n`` broadcastable to a state.
+    Returns ``N + 1`` tensors. (``unbind``, not indexing: the backward of N index
+    operations would materialise N full-size zero gradients.)
     """
     states = [s0]
-    pad = writes.dim() - (chunk_decay.dim() if chunk_decay is not None else 0)
-    for n in range(writes.shape[2]):
-        s = states[-1]
-        if chunk_decay is not None:
-            s = s * chunk_decay[:, :, n].reshape(*chunk_decay[:, :, n].shape, *([1] * pad))
-        states.append(s + writes[:, :, n])
+    decays = chunk_decay.unbind(2) if chunk_decay is not None else [None] * writes.shape[2]
+    for a_n, u_n in zip(decays, writes.unbind(2)):
+        kept = states[-1] if a_n is None else states[-1] * a_n
+        states.append(kept + u_n)
     return states
 
 
@@ -242,9 +245,7 @@ def gated_linear_matrix_chunks(
         b_last = bk[..., -1:, :]
         q_in = q * decay_factor(bk)
         k_out = k * decay_factor(b_last - bk)
-        chunk_decay = decay_factor(b_last.squeeze(-2))
-        if b.dim() != q.dim():
-            chunk_decay = chunk_decay.squeeze(-1)
+        chunk_decay = decay_factor(b_last).transpose(-1, -2)  # [B, H, N, dk or 1, 1]
     writes = k_out.transpose(-1, -2) @ v
     states = _chunk_start_states(s0, chunk_decay, writes)
     o = o + q_in @ torch.stack(states[:-1], dim=2)

@@ -45,17 +45,35 @@ def s4_kernel(
     kernel_len: int | None = None,
 ) -> Tensor:
     """S4 DPLR kernel ``[H, T]`` (real) via Cauchy products at roots of unity and an iFFT."""
+    return s4_kernels(log_dt, lam, p, b, [ct], length, kernel_len)[0]
+
+
+def s4_kernels(
+    log_dt: Tensor,
+    lam: Tensor,
+    p: Tensor,
+    b: Tensor,
+    cts: list[Tensor],
+    length: int,
+    kernel_len: int | None = None,
+) -> Tensor:
+    """The S4 kernels of several ``C~`` (sharing the rest): ``[len(cts), H, T]``.
+
+    Every Cauchy product ``sum_n u_n v_n / d_n(omega)`` shares the denominators, so they
+    are inverted once and all the products are one batched complex matmul
+    ``[H, 2K + 2, N] @ [H, N, L]`` (rows ``ct_k b``, ``ct_k p`` for each kernel, and
+    ``p^* b``, ``p^* p`` shared by all).
+    """
     big_l = length if kernel_len is None else kernel_len
     k = torch.arange(big_l, device=lam.device, dtype=lam.real.dtype)
     omega = torch.exp(-2j * math.pi * k / big_l).to(lam.dtype)  # [L]
     dt = log_dt.exp().to(lam.dtype)[:, None, None]
-    denom = (2.0 / dt) * (1 - omega) - (1 + omega) * lam.unsqueeze(-1)  # [H, N, L]
-
-    def cauchy(u: Tensor, v: Tensor) -> Tensor:
-        return ((u * v).unsqueeze(-1) / denom).sum(dim=1)  # [H, L]
-
+    inv_denom = ((2.0 / dt) * (1 - omega) - (1 + omega) * lam.unsqueeze(-1)).reciprocal()
     pc = p.conj()
-    k00, k01, k10, k11 = cauchy(ct, b), cauchy(ct, p), cauchy(pc, b), cauchy(pc, p)
+    rows = [ct * v for ct in cts for v in (b, p)] + [pc * b, pc * p]
+    sums = torch.stack(rows, dim=1) @ inv_denom  # [H, 2K + 2, L]
+    k10, k11 = sums[:, -2], sums[:, -1]
+    k00, k01 = sums[:, 0:-2:2].transpose(0, 1), sums[:, 1:-2:2].transpose(0, 1)  # [K, H, L]
     khat = 2.0 * (k00 - (1 + omega) * k01 * k10 / (1 + (1 + omega) * k11))
     kernel = torch.fft.ifft(khat, n=big_l)
     return 2.0 * kernel.real[..., :length]
@@ -90,14 +108,16 @@ def s4_kernel_direct(
 def _fixed_taps(
     length: int, params: dict[str, Tensor], causal: bool, kernel_len: int | None, direct: bool
 ) -> Tensor:
-    kernel_fn = s4_kernel_direct if direct else s4_kernel
     common = (params["log_dt"], params["lam"], params["p"], params["b"])
-    k_fw = kernel_fn(*common, params["ct"], length, kernel_len)
-    if causal:
-        return k_fw
-    ct_bw = params.get("ct_bw")
-    k_bw = kernel_fn(*common, params["ct"] if ct_bw is None else ct_bw, length, kernel_len)
-    return two_sided_from_kernels(k_fw, k_bw)
+    cts = [params["ct"]]
+    if not causal:
+        ct_bw = params.get("ct_bw")
+        cts.append(params["ct"] if ct_bw is None else ct_bw)
+    if direct:
+        kernels = [s4_kernel_direct(*common, ct, length, kernel_len) for ct in cts]
+    else:
+        kernels = list(s4_kernels(*common, cts, length, kernel_len))
+    return kernels[0] if causal else two_sided_from_kernels(kernels[0], kernels[1])
 
 
 def cauchy_fixed_mix(

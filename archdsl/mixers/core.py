@@ -3,7 +3,9 @@
 The returned callable takes ``x [B, T, H, D]`` and the class's parameters as keywords
 (see `archdsl.mixers.registry` and each class's module docstring) and returns
 ``[B, T, H, D]``. Backends: ``"torch"`` the fast structured path; ``"reference"``
-``materialize() @ x``, the universal oracle.
+``materialize() @ x``, the universal oracle. A semiseparable mixer with ``kernel =
+selective`` is Mamba's S6 scan (parameters ``dt, a, b, c, d``, per-channel matrices; see
+`archdsl.mixers.selective_scan`).
 
     >>> import torch
     >>> from archdsl.ir.mixers import MatrixMixer

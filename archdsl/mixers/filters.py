@@ -20,8 +20,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from archdsl.mixers.cauchy import s4_kernel
-from archdsl.mixers.vandermonde import s4d_kernel, two_sided_from_kernels
+from archdsl.mixers.cauchy import s4_kernels
+from archdsl.mixers.vandermonde import s4d_kernel, s4d_kernels, two_sided_from_kernels
 
 
 class ExplicitFilter(nn.Module):
@@ -122,12 +122,10 @@ class S4DParams(nn.Module):
 
     def taps(self, length: int, causal: bool) -> Tensor:
         p = self.params(length, causal)
-        k_fw = s4d_kernel(p["log_dt"], p["a"], p["b"], p["c"], length)
         if causal:
-            return k_fw
-        return two_sided_from_kernels(
-            k_fw, s4d_kernel(p["log_dt"], p["a"], p["b"], p["c_bw"], length)
-        )
+            return s4d_kernel(p["log_dt"], p["a"], p["b"], p["c"], length)
+        k_fw, k_bw = s4d_kernels(p["log_dt"], p["a"], p["b"], [p["c"], p["c_bw"]], length)
+        return two_sided_from_kernels(k_fw, k_bw)
 
 
 class S4Params(nn.Module):
@@ -162,11 +160,9 @@ class S4Params(nn.Module):
     def taps(self, length: int, causal: bool) -> Tensor:
         p = self.params(length, causal)
         args = (p["log_dt"], p["lam"], p["p"], p["b"])
-        k_fw = s4_kernel(*args, p["ct"], length, p["kernel_len"])  # type: ignore[arg-type]
-        if causal:
-            return k_fw
-        k_bw = s4_kernel(*args, p["ct_bw"], length, p["kernel_len"])  # type: ignore[arg-type]
-        return two_sided_from_kernels(k_fw, k_bw)
+        cts = [p["ct"]] if causal else [p["ct"], p["ct_bw"]]
+        kernels = s4_kernels(*args, cts, length, p["kernel_len"])  # type: ignore[arg-type]
+        return kernels[0] if causal else two_sided_from_kernels(kernels[0], kernels[1])
 
 
 class DenseWeight(nn.Module):

@@ -1,12 +1,15 @@
-"""The chunked gated linear scan behind every scan-based mixer: ONE implementation.
+"""The chunked gated linear scan behind the scan-based mixers: ONE implementation.
 
 The semiseparable mixer with a scalar decay per head IS Mamba2's memory (matrix memory,
 dot bias, per-head data decay, data lr), and the causal low-rank mixer IS linear
-attention; Mamba's selective scan and the data-dependent Vandermonde mixer are the same
-recurrence with a decay per key channel (GLA). So the mixers do not carry a scan of their
-own: `chunked_ssd` adapts their arguments to the memory engineers'
+attention; the data-dependent Vandermonde mixer is the same recurrence with a decay per
+key channel (GLA). So these mixers do not carry a scan of their own: `chunked_ssd`
+adapts their arguments to the memory engineers'
 `archdsl.memory.chunked_linear.chunked_gated_linear` (the function the lowering table
-selects for those memories) and calls it::
+selects for those memories) and calls it. (Mamba's selective scan is that recurrence
+too, with one "head" per channel and value width 1, but that shape ran 20-60x slower
+than a token loop; it has its own chunk-parallel scan, `archdsl.mixers.selective_scan`.)
+::
 
     S_t = exp(log_decay_t) * S_{t-1} + lr_t * k_t v_t^T,        o_t = scale * q_t^T S_t
 

@@ -21,7 +21,9 @@ from archdsl.runtime.positions import (
 )
 
 
-def attention_mask(att: Attention, t: int, device: torch.device | None = None, extra: int = 0) -> Tensor:
+def attention_mask(
+    att: Attention, t: int, device: torch.device | None = None, extra: int = 0
+) -> Tensor:
     """Boolean [T + P, T + P] mask (True = may attend) for P always-visible tokens then T tokens.
 
     P = the persistent tokens plus `extra` context tokens (Titans MAC's retrieved memory).
@@ -57,6 +59,9 @@ class AttentionLayer(nn.Module):
     Parameters: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``; ``persistent`` [P, d_model]
     learned tokens (Titans); ``q_norm`` / ``k_norm`` when qk_norm; ``relative`` table.
     """
+
+    inv_freq: Tensor
+    slopes: Tensor
 
     def __init__(self, att: Attention, d_model: int, heads: int, backend: str = "torch") -> None:
         super().__init__()
@@ -142,14 +147,18 @@ class AttentionLayer(nn.Module):
         qh, kh, vh = (z.transpose(1, 2) for z in (q, k, v))
         if self.backend == "reference":
             return _reference_attention(qh, kh, vh, mask, bias, scale).transpose(1, 2)
-        full = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+        full = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~mask, float("-inf")
+        )
         if bias is not None:
             full = full + bias
         out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=full, scale=scale)
         return out.transpose(1, 2)
 
 
-def _reference_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, bias: Tensor | None, scale: float) -> Tensor:
+def _reference_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, bias: Tensor | None, scale: float
+) -> Tensor:
     """Definitional softmax attention, row by row: o_i = sum_j softmax_j(s_ij) v_j."""
     scores = torch.einsum("bhid,bhjd->bhij", q, k) * scale
     if bias is not None:

@@ -17,8 +17,7 @@ from archdsl.ir.mixers import Attention, Conv, MatrixMixer
 from archdsl.ir.spec import Arch
 from archdsl.runtime.attention import AttentionLayer
 from archdsl.runtime.ops import ShortConv, make_op
-
-BACKENDS = ("reference", "torch", "triton")
+from archdsl.vocab import BACKENDS
 
 
 class BuildContext:
@@ -51,7 +50,9 @@ class BuildContext:
         if isinstance(decl, Memory):
             from archdsl.memory.layer import MemoryLayer
 
-            return MemoryLayer(decl, d, h, backend=_memory_backend(self.backend, decl, self.kernels))
+            return MemoryLayer(
+                decl, d, h, backend=_memory_backend(self.backend, decl, self.kernels)
+            )
         assert isinstance(decl, MatrixMixer)
         from archdsl.mixers.layer import MatrixMixerLayer
 
@@ -62,7 +63,9 @@ class BuildContext:
 def _triton_attention(kernels: Any, name: str) -> Any:
     fn = getattr(kernels, f"attention_{name}", None) if kernels is not None else None
     if fn is None:
-        warnings.warn(f"mixer '{name}': no generated Triton kernel; using the torch path", stacklevel=3)
+        warnings.warn(
+            f"mixer '{name}': no generated Triton kernel; using the torch path", stacklevel=3
+        )
     return fn
 
 

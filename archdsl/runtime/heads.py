@@ -50,6 +50,8 @@ class OutputHead(nn.Module):
                 return self.lm_head(h)
             return h @ self._embedding[0].tokens.weight.t()
         if self.kind == "classifier":
-            pooled = h.mean(1) if self.pool == "mean" else h[:, 0] if self.pool == "first" else h[:, -1]
+            pooled = (
+                h.mean(1) if self.pool == "mean" else h[:, 0] if self.pool == "first" else h[:, -1]
+            )
             return self.classifier(pooled)
         return h

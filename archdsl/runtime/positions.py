@@ -16,7 +16,9 @@ def rope_frequencies(head_dim: int, base: float, scaling: str, factor: float) ->
     return 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
 
 
-def apply_rope(x: Tensor, positions: Tensor, inv_freq: Tensor, scaling: str, factor: float) -> Tensor:
+def apply_rope(
+    x: Tensor, positions: Tensor, inv_freq: Tensor, scaling: str, factor: float
+) -> Tensor:
     """Rotate pairs (x_{2i}, x_{2i+1}) by angle p * theta_i. x: [B, T, H, D]."""
     pos = positions.to(torch.float64)
     if scaling == "linear":
@@ -29,7 +31,9 @@ def apply_rope(x: Tensor, positions: Tensor, inv_freq: Tensor, scaling: str, fac
     return out.flatten(-2)
 
 
-def xpos_scale(head_dim: int, positions: Tensor, gamma: float = 0.4, scale_base: float = 512.0) -> Tensor:
+def xpos_scale(
+    head_dim: int, positions: Tensor, gamma: float = 0.4, scale_base: float = 512.0
+) -> Tensor:
     """xPos (Sun et al. 2022): per-dimension zeta_i^(n / scale_base); q gets it, k its inverse."""
     zeta = (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim + gamma) / (1 + gamma)
     power = positions.to(torch.float64)[:, None] / scale_base
@@ -38,7 +42,8 @@ def xpos_scale(head_dim: int, positions: Tensor, gamma: float = 0.4, scale_base:
 
 
 def alibi_slopes(heads: int) -> Tensor:
-    """Press et al.: geometric slopes 2^(-8 h / H) (for H a power of two; interpolated otherwise)."""
+    """Press et al.: geometric slopes 2^(-8 h / H) (H a power of two; interpolated otherwise)."""
+
     def power_of_two(n: int) -> list[float]:
         start = 2 ** (-8 / n)
         return [start ** (i + 1) for i in range(n)]
@@ -61,7 +66,9 @@ class RelativeEmbedding(nn.Module):
 
     def forward(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """q: [B, H, T, D] -> logits bias [B, H, T, S]."""
-        rel = (q_pos[:, None] - k_pos[None, :]).clamp(-self.max_distance, self.max_distance) + self.max_distance
+        rel = (q_pos[:, None] - k_pos[None, :]).clamp(
+            -self.max_distance, self.max_distance
+        ) + self.max_distance
         scores = torch.einsum("bhtd,rd->bhtr", q, self.table)  # [B, H, T, R]
         index = rel[None, None].expand(q.shape[0], q.shape[1], -1, -1)
         return torch.gather(scores, -1, index)

@@ -21,9 +21,13 @@ def attention_entry(att: Attention) -> Callable[..., Tensor]:
 
     flags = _attention_flags(att)
 
-    def run(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor, att: Attention, scale: float) -> Tensor:
+    def run(
+        q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor, att: Attention, scale: float
+    ) -> Tensor:
         del mask  # the kernel builds the same mask from its constexpr flags
-        slopes = alibi_slopes(q.shape[2]).to(q.device, torch.float32) if att.pos == "alibi" else None
+        slopes = (
+            alibi_slopes(q.shape[2]).to(q.device, torch.float32) if att.pos == "alibi" else None
+        )
         out: Tensor = TritonAttention.apply(q, k, v, flags, slopes, float(scale))
         return out
 
