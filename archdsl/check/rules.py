@@ -309,6 +309,16 @@ def rule_mixer_dims(arch: Arch) -> list[Diagnostic]:
                         "choose headdim among its divisors",
                     )
                 )
+            if m.kernel == "selective" and (m.cls != "semiseparable" or m.direction != "causal"):
+                out.append(
+                    Diagnostic(
+                        "`kernel = selective` is Mamba's causal selective scan: "
+                        "a causal semiseparable mixer",
+                        m.loc,
+                        "for a bidirectional SSM use "
+                        "`matrix(quasiseparable, bidirectional)` (Hydra)",
+                    )
+                )
             if m.cls == "dense" and m.max_len < 1:
                 out.append(Diagnostic("a dense mixer needs `max_len` (its matrix is T x T)", m.loc))
         if isinstance(m, Memory):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -60,17 +62,17 @@ def test_hydra_layer_matches_reference_outputs_and_gradients() -> None:
     g_ref = dict(zip(["u", *(RENAMES.get(k, k) for k in ref_params)], g_ref_all))
     torch.testing.assert_close(g[0], g_ref["u"])
     for (name, _), grad in zip(ours.items(), g[1:]):
-        torch.testing.assert_close(grad, g_ref[name], msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(grad, g_ref[name], msg=_prefixed(name))
 
 
 def _layer(cls: str, direction: str, data: bool, backend: str = "torch") -> MatrixMixerLayer:
     mixer = MatrixMixer(
         name="m",
-        cls=cls,
-        direction=direction,
+        cls=cls,  # type: ignore[arg-type]
+        direction=direction,  # type: ignore[arg-type]
         data=data,
         state=4,
-        conv=3,  # type: ignore[arg-type]
+        conv=3,
         headdim=4,
         max_len=48,
     )
@@ -104,3 +106,8 @@ def test_layer_causality(cls: str, direction: str) -> None:
         assert change <= roundoff
     else:
         assert change > 1e-6
+
+
+def _prefixed(name: str) -> Callable[[str], str]:
+    """An assert_close message that names the parameter and keeps torch's details."""
+    return lambda message: f"{name}: {message}"

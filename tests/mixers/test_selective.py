@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -112,4 +114,9 @@ def test_mamba_layer_matches_reference_block_outputs_and_gradients() -> None:
         want = by_name[_reference_name(name)]
         if name == "in_proj.weight":
             want = _in_proj_to_ours(want, ref.d_inner)
-        torch.testing.assert_close(grad, want, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(grad, want, msg=_prefixed(name))
+
+
+def _prefixed(name: str) -> Callable[[str], str]:
+    """An assert_close message that names the parameter and keeps torch's details."""
+    return lambda message: f"{name}: {message}"

@@ -72,6 +72,7 @@ class HydraReference(nn.Module):
     def _conv_silu(self, xbc: Tensor) -> Tensor:
         length, k = xbc.shape[1], self.d_conv
         w, bias = self.conv1d.weight[:, 0, :], self.conv1d.bias
+        assert bias is not None
         out = torch.zeros_like(xbc)
         for t in range(length):
             acc = bias.expand_as(xbc[:, t])

@@ -66,6 +66,7 @@ class MambaBlockReference(nn.Module):
         xz = u @ self.in_proj.weight.T
         x, z = xz[..., :di], xz[..., di:]
         w, bias = self.conv1d.weight[:, 0, :], self.conv1d.bias
+        assert bias is not None
         a = -torch.exp(self.A_log)  # [di, N]
         h = u.new_zeros(bsz, di, n)
         ys = []
