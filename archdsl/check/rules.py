@@ -12,7 +12,8 @@ import networkx as nx
 
 from archdsl import vocab
 from archdsl.errors import ArchError, Diagnostic
-from archdsl.graph.build import block_graph, block_reads, call_graph, calls_in
+from archdsl.frontend.evaluate import names_in
+from archdsl.graph.build import block_graph, call_graph, calls_in
 from archdsl.ir.base import Loc
 from archdsl.ir.expr import Call, Name, Num
 from archdsl.ir.memory import Memory
@@ -92,49 +93,41 @@ def rule_shapes(arch: Arch) -> list[Diagnostic]:
 
 
 def rule_unused_bindings(arch: Arch) -> list[Diagnostic]:
+    """Every assignment is read before it is overwritten; every block input is read."""
     out: list[Diagnostic] = []
     for block in arch.blocks:
-        reads = _reads_per_assignment(block)
-        for stmt, used in reads:
-            if not used:
-                out.append(
-                    Diagnostic(
-                        f"`{stmt.target}` is assigned but never used in block `{block.name}`",
-                        stmt.loc,
-                        "remove it, or use it in a later statement",
-                    )
+        for stmt in _unread_assignments(block):
+            out.append(
+                Diagnostic(
+                    f"`{stmt.target}` is assigned but never used in block `{block.name}`",
+                    stmt.loc,
+                    "remove it, or use it in a later statement",
                 )
-        read_names = block_reads(arch, block) if not out else set()
+            )
+        read = set().union(*(names_in(s.value) for s in block.body))
         for p in block.params:
-            if not out and p not in read_names:
+            if p not in read:
                 out.append(
                     Diagnostic(f"input `{p}` of block `{block.name}` is never used", block.loc)
                 )
     return out
 
 
-def _reads_per_assignment(block: object) -> list[tuple[Assign, bool]]:
-    """For each assignment: is that binding read before being reassigned or the end?"""
-    body = block.body  # type: ignore[attr-defined]
-    result: list[tuple[Assign, bool]] = []
-    for i, stmt in enumerate(body):
+def _unread_assignments(block: Block) -> list[Assign]:
+    """Assignments whose value is not read before the name is assigned again (or ever)."""
+    unread = []
+    for i, stmt in enumerate(block.body):
         if not isinstance(stmt, Assign):
             continue
-        used = False
-        for later in body[i + 1 :]:
-            if stmt.target in _names(later.value):
-                used = True
+        for later in block.body[i + 1 :]:
+            if stmt.target in names_in(later.value):
                 break
             if isinstance(later, Assign) and later.target == stmt.target:
+                unread.append(stmt)
                 break
-        result.append((stmt, used))
-    return result
-
-
-def _names(e: object) -> set[str]:
-    from archdsl.frontend.evaluate import names_in
-
-    return names_in(e)  # type: ignore[arg-type]
+        else:
+            unread.append(stmt)
+    return unread
 
 
 def rule_unused_declarations(arch: Arch) -> list[Diagnostic]:

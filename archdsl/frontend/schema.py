@@ -209,6 +209,13 @@ def convert_gate(
     role = opt.role
     if isinstance(expr, Name) and expr.name in GATE_SCHEMA:
         expr = Call(func=expr.name, loc=expr.loc)
+    if isinstance(expr, Name) and expr.name not in env and expr.name not in ("head", "heads"):
+        raise ArchError(
+            f"unknown gate `{expr.name}` for `{option}` in {what}",
+            expr.loc,
+            did_you_mean(expr.name, [*GATE_SCHEMA, *env])
+            or "a gate is a number, a formula over `head`, `learned(...)` or `data(...)`",
+        )
     if isinstance(expr, Call) and expr.func in GATE_SCHEMA:
         values, _ = bind(GATE_SCHEMA[expr.func], expr, env, f"gate `{option}`")
         if expr.func == "data":

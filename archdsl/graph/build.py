@@ -46,7 +46,6 @@ class _BlockGraphBuilder:
         self.g: nx.MultiDiGraph = nx.MultiDiGraph(name=block.name)
         self.ids = itertools.count()
         self.env: dict[str, str] = {}
-        self.reads: set[str] = set()
 
     def node(self, kind: str, label: str, width: Width, loc: Loc | None, **attrs: object) -> str:
         nid = f"n{next(self.ids)}"
@@ -90,7 +89,6 @@ class _BlockGraphBuilder:
 
     def expr(self, e: Expr) -> str:
         if isinstance(e, Name):
-            self.reads.add(e.name)
             return self.env[e.name]
         if isinstance(e, Str):
             raise ArchError(
@@ -181,13 +179,6 @@ class _BlockGraphBuilder:
 def block_graph(arch: Arch, block: Block) -> nx.MultiDiGraph:
     """The dataflow DiGraph of `block` with symbolic shapes (raises on shape errors)."""
     return _BlockGraphBuilder(arch, block).build()
-
-
-def block_reads(arch: Arch, block: Block) -> set[str]:
-    """Names read anywhere in the block (for unused-binding checks)."""
-    builder = _BlockGraphBuilder(arch, block)
-    builder.build()
-    return builder.reads
 
 
 def call_graph(arch: Arch) -> nx.DiGraph:
