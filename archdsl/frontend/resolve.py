@@ -8,7 +8,6 @@ imported files. What it cannot resolve is a located `ArchError`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from archdsl import vocab
@@ -16,18 +15,16 @@ from archdsl.errors import ArchError, did_you_mean
 from archdsl.frontend import ast
 from archdsl.frontend.evaluate import Value, evaluate
 from archdsl.frontend.load import SourceSet
-from archdsl.frontend.schema import Schema, bind
-from archdsl.ir.base import Loc
+from archdsl.frontend.resolve_mixers import resolve_mixer
+from archdsl.frontend.schema import bind
+from archdsl.frontend.scope import Scope, check_names, gather
 from archdsl.ir.expr import BinOp, Call, Expr, Kwarg, Name, Neg, Num, Str
-from archdsl.ir.memory import Bias, Features, Learner, Memory, Retention, Structure
-from archdsl.ir.mixers import Attention, Conv, MatrixMixer
 from archdsl.ir.spec import (
     Arch,
     Assign,
     Block,
     BlockRef,
     Head,
-    Mixer,
     Model,
     Param,
     Repeat,
@@ -36,24 +33,16 @@ from archdsl.ir.spec import (
 )
 
 
-@dataclass
-class _Scope:
-    """Declarations visible to the root spec: name -> (AST node, file it came from)."""
-
-    decls: dict[str, ast.Decl] = field(default_factory=dict)
-    local: set[str] = field(default_factory=set)
-
-
 def resolve(sources: SourceSet, overrides: Mapping[str, Value] | None = None) -> Arch:
     """The IR of the root spec of `sources`, with parameter `overrides` applied."""
     root = sources.root
     _reject_extras(root)
     env, params = _parameters(root, overrides or {})
-    scope = _gather(sources)
-    _check_names(scope)
+    scope = gather(sources)
+    check_names(scope)
     env = _lets(scope, env)
     mixers = tuple(
-        _mixer(d, env)
+        resolve_mixer(d, env)
         for d in scope.decls.values()
         if isinstance(d, ast.MemoryDecl | ast.MixerDecl)
     )
@@ -141,7 +130,7 @@ def _divisor_near(n: int, k: int) -> int:
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - k))
 
 
-def _lets(scope: _Scope, env: dict[str, Value]) -> dict[str, Value]:
+def _lets(scope: Scope, env: dict[str, Value]) -> dict[str, Value]:
     env = dict(env)
     for decl in scope.decls.values():
         if isinstance(decl, ast.Let):
@@ -151,218 +140,6 @@ def _lets(scope: _Scope, env: dict[str, Value]) -> dict[str, Value]:
                 )
             env[decl.name] = evaluate(decl.value, env, f"`let {decl.name}`")
     return env
-
-
-# ---------------------------------------------------------------- declarations
-
-
-def _decl_name(d: ast.Decl) -> str:
-    return d.name
-
-
-def _gather(sources: SourceSet) -> _Scope:
-    """Root declarations plus what its imports bring (recursively), duplicates refused.
-
-    Every file reached contributes the union of the names asked of it (by any import
-    statement that reaches it, with what they use in the same file), or everything when
-    some `import "file"` asks for all of it.
-    """
-    root = sources.root.file
-    wanted: dict[str, set[str] | None] = {root: None}
-    order = [root]
-    todo = [root]
-    while todo:
-        file = todo.pop()
-        for imp, sub in sources.edges.get(file, []):
-            available = {_decl_name(d): d for d in sources.files[sub].decls}
-            _check_imported_names(imp, available)
-            before = wanted.get(sub, set())
-            after = (
-                None
-                if before is None or imp.names is None
-                else before | _with_dependencies(set(imp.names), available)
-            )
-            if sub not in wanted:
-                order.append(sub)
-            if sub not in wanted or after != before:
-                wanted[sub] = after
-                todo.append(sub)
-    scope = _Scope()
-    for file in order:
-        names = wanted[file]
-        for decl in sources.files[file].decls:
-            if names is None or decl.name in names:
-                _add(scope, decl, local=file == root)
-    return scope
-
-
-def _check_imported_names(imp: ast.Import, available: Mapping[str, ast.Decl]) -> None:
-    for name in imp.names or ():
-        if name not in available:
-            raise ArchError(
-                f"`{name}` is not defined in '{imp.path}'",
-                imp.loc,
-                did_you_mean(name, list(available)),
-            )
-
-
-def _add(scope: _Scope, decl: ast.Decl, local: bool) -> None:
-    name = _decl_name(decl)
-    if name in scope.decls:
-        if scope.decls[name] is decl:
-            return
-        first = scope.decls[name].loc
-        raise ArchError(
-            f"`{name}` is defined twice (first at {first})", decl.loc, "rename one of them"
-        )
-    scope.decls[name] = decl
-    if local:
-        scope.local.add(name)
-
-
-def _with_dependencies(names: set[str], available: Mapping[str, ast.Decl]) -> set[str]:
-    """`names` plus every declaration of the same file they use (blocks call mixers)."""
-    from archdsl.graph.build import calls_in
-
-    todo, done = list(names), set()
-    while todo:
-        name = todo.pop()
-        if name in done:
-            continue
-        done.add(name)
-        decl = available.get(name)
-        if isinstance(decl, ast.BlockDecl):
-            for stmt in decl.body:
-                todo += [c.func for c in calls_in(stmt.value) if c.func in available]
-    return done
-
-
-def _check_names(scope: _Scope) -> None:
-    for name, decl in scope.decls.items():
-        if name in vocab.RESERVED_NAMES or name in ("head", "heads"):
-            raise ArchError(
-                f"`{name}` is a built-in name and cannot be redefined",
-                decl.loc,
-                f"rename it, e.g. `my_{name}`",
-            )
-
-
-def _mixer(decl: ast.MemoryDecl | ast.MixerDecl, env: Mapping[str, Value]) -> Mixer:
-    if isinstance(decl, ast.MemoryDecl):
-        return _memory(decl, env)
-    value = decl.value
-    if not isinstance(value, Call | Name):
-        raise ArchError(f"mixer `{decl.name}` must be a call such as `attention(causal)`", decl.loc)
-    kind = value.func if isinstance(value, Call) else value.name
-    if kind not in vocab.MIXER_KINDS:
-        raise ArchError(
-            f"unknown mixer kind `{kind}`", value.loc, did_you_mean(kind, list(vocab.MIXER_KINDS))
-        )
-    opts, _ = bind(vocab.MIXER_KINDS[kind], value, env, f"mixer `{decl.name}`")
-    if kind == "attention":
-        return Attention(name=decl.name, loc=decl.loc, **opts)
-    if kind == "matrix":
-        return MatrixMixer(name=decl.name, loc=decl.loc, **opts)
-    return Conv(name=decl.name, loc=decl.loc, **opts)
-
-
-def _choice(
-    entry: ast.Entry, table: Mapping[str, Schema], env: Mapping[str, Value], mem: str
-) -> tuple[str, dict[str, Any]]:
-    value = entry.value
-    if not isinstance(value, Call | Name):
-        raise ArchError(
-            f"`{entry.key}` of memory `{mem}` must be one of {', '.join(table)}",
-            value.loc,
-            f"e.g. `{entry.key} = {next(iter(table))}`",
-        )
-    kind = value.func if isinstance(value, Call) else value.name
-    if kind not in table:
-        raise ArchError(
-            f"unknown {entry.key} `{kind}` in memory `{mem}`",
-            value.loc,
-            did_you_mean(kind, list(table)),
-        )
-    opts, _ = bind(table[kind], value, env, f"{entry.key} of memory `{mem}`")
-    return kind, opts
-
-
-def _memory(decl: ast.MemoryDecl, env: Mapping[str, Value]) -> Memory:
-    entries: dict[str, ast.Entry] = {}
-    for e in decl.entries:
-        if e.key not in vocab.MEMORY_ENTRIES:
-            raise ArchError(
-                f"memory `{decl.name}` has no entry `{e.key}`",
-                e.loc,
-                did_you_mean(e.key, list(vocab.MEMORY_ENTRIES)),
-            )
-        if e.key in entries:
-            raise ArchError(f"`{e.key}` given twice in memory `{decl.name}`", e.loc)
-        entries[e.key] = e
-    for key in vocab.MEMORY_REQUIRED:
-        if key not in entries:
-            raise ArchError(
-                f"memory `{decl.name}` needs a `{key}`",
-                decl.loc,
-                f"add e.g. `{key} = {next(iter(vocab.MEMORY_CHOICES[key]))}`",
-            )
-    parts: dict[str, Any] = {}
-    for key, table in vocab.MEMORY_CHOICES.items():
-        if key in entries:
-            kind, opts = _choice(entries[key], table, env, decl.name)
-        else:
-            kind, opts = "none", {}
-        parts[key] = (kind, opts, entries[key].value.loc if key in entries else None)
-    structure = Structure(
-        kind=parts["structure"][0], loc=parts["structure"][2], **parts["structure"][1]
-    )
-    bias = Bias(kind=parts["bias"][0], loc=parts["bias"][2], **parts["bias"][1])
-    retention = Retention(
-        kind=parts["retention"][0], loc=parts["retention"][2], **parts["retention"][1]
-    )
-    learner = Learner(kind=parts["learner"][0], loc=parts["learner"][2], **parts["learner"][1])
-    batch = 1
-    if "batch" in entries:
-        batch = _positive_int(entries["batch"], env, decl.name)
-    features = Features()
-    if "features" in entries:
-        value = entries["features"].value
-        if not (
-            isinstance(value, Call | Name)
-            and (value.func if isinstance(value, Call) else value.name) == "qkv"
-        ):
-            raise ArchError(
-                "`features` must be `qkv(...)`",
-                value.loc,
-                "e.g. `features = qkv(conv = 4, norm = l2)`",
-            )
-        opts, _ = bind(vocab.FEATURES, value, env, f"features of memory `{decl.name}`")
-        features = Features(loc=value.loc, **opts)
-    return Memory(
-        name=decl.name,
-        structure=structure,
-        bias=bias,
-        retention=retention,
-        learner=learner,
-        batch=batch,
-        features=features,
-        loc=decl.loc,
-    )
-
-
-def _positive_int(entry: ast.Entry, env: Mapping[str, Value], mem: str) -> int:
-    value = evaluate(entry.value, env, f"`{entry.key}` of memory `{mem}`")
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or value != int(value)
-        or value < 1
-    ):
-        raise ArchError(
-            f"`{entry.key}` of memory `{mem}` must be a whole number >= 1, got {value!r}",
-            entry.value.loc,
-        )
-    return int(value)
 
 
 # ---------------------------------------------------------------- blocks
@@ -589,7 +366,3 @@ def _stage(
         raise ArchError("`repeat` needs a body", stage.loc)
     body = tuple(_stage(s, env, blocks) for s in stage.body)
     return Repeat(n=opts["n"], shared=opts["shared"], body=body, loc=stage.loc)
-
-
-def loc_of(node: Any) -> Loc | None:
-    return getattr(node, "loc", None)
