@@ -20,6 +20,14 @@ weights are formed (they are the next state); where a chunk ends, lq / kl apply 
 normalisation / Memora's softmax to them and the chunk's last token is read again with
 the projected weights.
 
+Cost on CPU (where the small per-chunk ops, forward and backward, cost as much as the
+matrix products): the gates' coefficients and the per-segment views of q, k, v are built
+for all full mini-batches at once before the sequential loop (`chunked_ttt_coef`); the key
+pass returns the *negated* deltas (`chunked_ttt_silu.negated_key_backward`, silu and
+silu' fused in one autograd node), so every "minus a sum of gradients" is an added
+product (baddbmm); per-head scalar coefficients are applied to the narrower factor of
+each product.
+
 Token by token instead (the reference loop with the hand-written gradients of
 `inner_grad`): elastic retention (a soft threshold every token), steps(n), and the vector
 memory. b = 1 with momentum (Titans with b = 1) degenerates to one-token segments.
@@ -32,12 +40,21 @@ from torch import Tensor
 
 from archdsl.ir.memory import Memory
 from archdsl.memory.carry import Carry, final_state, initial_carry
+from archdsl.memory.chunked_ttt_coef import (
+    Coefficients,
+    SegmentInputs,
+    segment_inputs,
+    segsum_exp,
+)
+from archdsl.memory.chunked_ttt_silu import negated_key_backward, silu_and_grad
 from archdsl.memory.inner import activation, kl_log_project, lq_normalise, memory_forward
 from archdsl.memory.inner import output_norm as _norm
-from archdsl.memory.inner_grad import Factors, key_backward, token_gradients
+from archdsl.memory.inner_grad import Factors, token_gradients
 from archdsl.memory.inputs import MemoryInputs, prepare_inputs
 from archdsl.memory.reference import check_learner, on_weight, run_token_loop
 from archdsl.memory.state import MemoryState
+
+__all__ = ["chunked_minibatch_ttt", "runs_token_by_token", "segsum_exp"]
 
 
 def chunked_minibatch_ttt(
@@ -113,77 +130,39 @@ def _segments(T: int, b: int, offset: int) -> list[tuple[int, int]]:
 
 
 def _run_segments(mem: Memory, x: _Heads, carry: Carry) -> Tensor:
-    outs = []
-    for s, e in _segments(x.q.shape[2], mem.batch, carry.offset):
-        outs.append(_segment(mem, x, carry, s, e))
+    segments = _segments(x.q.shape[2], mem.batch, carry.offset)
+    inputs = segment_inputs(
+        x.q, x.k, x.v, x.delta, x.lr, x.log_alpha, x.log_beta, segments, mem.batch
+    )
+    outs = [_segment(mem, seg, carry) for seg in inputs]
     return torch.cat(outs, dim=2).transpose(1, 2)
 
 
-def segsum_exp(log_x: Tensor) -> Tensor:
-    """``D[..., t, j, c] = prod_{j < m <= t} x_m`` for j <= t, 0 above the diagonal.
-
-    log_x ``[..., n, c]``; built by a masked cumulative sum (no differences of cumulative
-    sums, so a zero factor gives exact zeros)."""
-    n = log_x.shape[-2]
-    rep = log_x.unsqueeze(-3).expand(*log_x.shape[:-2], n, n, log_x.shape[-1])  # [.., t?, m, c]
-    rep = rep.transpose(-3, -2)  # [..., m, j, c]: the term x_m for the pair (., j)
-    ones = torch.ones(n, n, dtype=torch.bool, device=log_x.device)
-    strict = torch.tril(ones, diagonal=-1).unsqueeze(-1)  # m > j
-    summed = torch.cumsum(rep.masked_fill(~strict, 0.0), dim=-3)  # [..., t, j, c]
-    lower = torch.tril(ones).unsqueeze(-1)
-    return torch.exp(summed.masked_fill(~lower, float("-inf")))
-
-
-class _Coefficients:
-    """a [B,H,n,c], e [B,H,n,c] | None, C [B,H,n,n,c], and the momentum-end row."""
-
-    def __init__(self, x: _Heads, s: int, e: int) -> None:
-        lr = x.lr[:, :, s:e]
-        la = x.log_alpha[:, :, s:e]
-        d_alpha = segsum_exp(la)
-        self.a = torch.exp(torch.cumsum(la, dim=-2))
-        self.e: Tensor | None = None
-        self.m_end: Tensor | None = None  # [B,H,n,c]: S_end = Pm_n S_s - sum_i m_end[i] g_i
-        self.pm_end: Tensor | None = None
-        if x.log_beta is None:
-            self.C = d_alpha * lr.unsqueeze(-3)
-            return
-        lb = x.log_beta[:, :, s:e]
-        d_mom = segsum_exp(lb)[..., 0]  # [B,H,j,i]
-        pm = torch.exp(torch.cumsum(lb, dim=-2))  # [B,H,j,1]
-        self.e = torch.einsum("bhtjc,bhj->bhtc", d_alpha, pm[..., 0])
-        self.C = torch.einsum("bhtjc,bhji->bhtic", d_alpha, d_mom) * lr.unsqueeze(-3)
-        self.m_end = d_mom[:, :, -1].unsqueeze(-1) * lr
-        self.pm_end = pm[:, :, -1]
-
-
-def _segment(mem: Memory, x: _Heads, carry: Carry, s: int, e: int) -> Tensor:
-    """Advance ``carry`` over tokens [s, e) of one mini-batch; returns o [B, H, n, dv]."""
+def _segment(mem: Memory, seg: SegmentInputs, carry: Carry) -> Tensor:
+    """Advance ``carry`` over the n tokens of one segment; returns o [B, H, n, dv]."""
     if carry.offset == 0:
         carry.chunk_start = list(carry.weights)
-    coef = _Coefficients(x, s, e)
-    point = _gradient_point(mem, carry, x, s)
-    factors = key_backward(
-        mem.structure, mem.bias, point, x.k[:, :, s:e], x.v[:, :, s:e], x.delta[:, :, s:e]
-    )
-    o = _read(mem, x.q[:, :, s:e], carry, coef, factors)
+    coef = seg.coef
+    point = _gradient_point(mem, carry, seg)
+    factors = negated_key_backward(mem.structure, mem.bias, point, seg.k, seg.v, seg.delta)
+    o = _read(mem, seg.q, carry, coef, factors)
     _advance(carry, coef, factors)
-    carry.offset += e - s
+    carry.offset += seg.q.shape[2]
     if carry.offset == mem.batch:
         carry.offset, carry.chunk_start = 0, None
         if carry.acc is not None:
             _project(mem, carry)
-            last = memory_forward(mem.structure, tuple(carry.weights), x.q[:, :, e - 1])
+            last = memory_forward(mem.structure, tuple(carry.weights), seg.q[:, :, -1])
             o = torch.cat([o[:, :, :-1], last.unsqueeze(2)], dim=2)
     return o
 
 
-def _gradient_point(mem: Memory, carry: Carry, x: _Heads, s: int) -> list[Tensor]:
+def _gradient_point(mem: Memory, carry: Carry, seg: SegmentInputs) -> list[Tensor]:
     if mem.batch > 1:
         assert carry.chunk_start is not None
         return carry.chunk_start
     if mem.retention.kind == "decay" and mem.retention.when == "before":
-        alpha = torch.exp(x.log_alpha[:, :, s])
+        alpha = torch.exp(seg.log_alpha0)
         return [on_weight(alpha, w) * w for w in carry.weights]
     return carry.weights
 
@@ -193,21 +172,33 @@ def _rows(c: Tensor) -> Tensor:
     return c.unsqueeze(-1)
 
 
+def _row_scaled_mm(z: Tensor, w: Tensor, c: Tensor) -> Tensor:
+    """``(z * c) @ w`` for a per-row coefficient c ``[..., n, 1 or d_in]``; a per-row scalar
+    is applied on the narrower side of the product (fewer multiplies)."""
+    if c.shape[-1] == 1 and z.shape[-1] > w.shape[-1]:
+        return (z @ w) * c
+    return (z * c) @ w
+
+
 def _layer_read(
-    z: Tensor, w: Tensor, s_w: Tensor | None, coef: _Coefficients, xk: Tensor, dk: Tensor
+    z: Tensor, w: Tensor, s_w: Tensor | None, coef: Coefficients, xk: Tensor, dk: Tensor
 ) -> Tensor:
-    """The query inputs z ``[B,H,n,d_in]`` through the per-token weights of one layer."""
-    out = (z * coef.a) @ w
+    """The query inputs z ``[B,H,n,d_in]`` through the per-token weights of one layer
+    (xk, dk: the layer's input and *negated* delta of each key token)."""
+    out = _row_scaled_mm(z, w, coef.a)
     if coef.e is not None and s_w is not None:
-        out = out + (z * coef.e) @ s_w
+        if coef.e.shape[-1] == 1 and z.shape[-1] > s_w.shape[-1]:
+            out = torch.addcmul(out, z @ s_w, coef.e)
+        else:
+            out = _plus_mm(out, z * coef.e, s_w)
     if coef.C.shape[-1] == 1:
         scores = (z @ xk.transpose(-1, -2)) * coef.C[..., 0]
     else:
         scores = torch.einsum("bhtd,bhtid,bhid->bhti", z, coef.C, xk)
-    return out - scores @ dk
+    return _plus_mm(out, scores, dk)
 
 
-def _read(mem: Memory, q: Tensor, carry: Carry, coef: _Coefficients, factors: Factors) -> Tensor:
+def _read(mem: Memory, q: Tensor, carry: Carry, coef: Coefficients, factors: Factors) -> Tensor:
     struct = mem.structure
     last = len(carry.weights) - 1
     mom = carry.momentum or [None] * (last + 1)  # type: ignore[list-item]
@@ -215,29 +206,42 @@ def _read(mem: Memory, q: Tensor, carry: Carry, coef: _Coefficients, factors: Fa
     for i, (w, s_w, (xk, dk)) in enumerate(zip(carry.weights, mom, factors)):
         h = _layer_read(h, w, s_w, coef, xk, dk)
         if i < last:
-            h = activation(struct.act, h)
+            h = silu_and_grad(h)[0] if struct.act == "silu" else activation(struct.act, h)
     if struct.kind != "mlp":
         return h
     h = _norm(struct.norm, h)
     return q + h if struct.residual else h
 
 
-def _sum_grads(xk: Tensor, dk: Tensor, coef_rows: Tensor) -> Tensor:
-    """sum_i c_i x_i ⊗ delta_i, with c ``[B,H,n,1 or d_in]`` on the input axis."""
-    return torch.einsum("bhnd,bhne->bhde", xk * coef_rows, dk)
+def _plus_mm(acc: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """``acc + x @ y`` over shared leading dims, as one baddbmm."""
+
+    def flat(t: Tensor) -> Tensor:
+        return t.reshape(-1, *t.shape[-2:])
+
+    out = torch.baddbmm(flat(acc), flat(x), flat(y))
+    return out.view(*acc.shape[:-2], *out.shape[-2:])
 
 
-def _advance(carry: Carry, coef: _Coefficients, factors: Factors) -> None:
+def _grad_factors(xk: Tensor, dk: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """(X, D) with ``X @ D = sum_i c_i x_i ⊗ dk_i`` (dk = -delta: minus the gradient sum),
+    c ``[B,H,n,1 or d_in]`` on the input axis; a per-row scalar goes on the narrower factor."""
+    if c.shape[-1] == 1 and dk.shape[-1] < xk.shape[-1]:
+        return xk.transpose(-1, -2), dk * c
+    return (xk * c).transpose(-1, -2), dk
+
+
+def _advance(carry: Carry, coef: Coefficients, factors: Factors) -> None:
     """The segment-end weights, momentum and accumulator."""
     a_end, c_end = _rows(coef.a[:, :, -1]), coef.C[:, :, -1]
     e_end = _rows(coef.e[:, :, -1]) if coef.e is not None else None
-    sums = [_sum_grads(xk, dk, c_end) for xk, dk in factors]
+    grads = [_grad_factors(xk, dk, c_end) for xk, dk in factors]
 
     def linear(start: list[Tensor]) -> list[Tensor]:
-        out = [a_end * w - g for w, g in zip(start, sums)]
+        kept = [a_end * w for w in start]
         if e_end is not None and carry.momentum is not None:
-            out = [o + e_end * s for o, s in zip(out, carry.momentum)]
-        return out
+            kept = [torch.addcmul(k, e_end, s) for k, s in zip(kept, carry.momentum)]
+        return [_plus_mm(k, x, d) for k, (x, d) in zip(kept, grads)]
 
     new_w = linear(carry.weights)
     if carry.acc is not None:
@@ -246,7 +250,8 @@ def _advance(carry: Carry, coef: _Coefficients, factors: Factors) -> None:
         assert coef.m_end is not None and coef.pm_end is not None
         pm = _rows(coef.pm_end)
         carry.momentum = [
-            pm * s - _sum_grads(xk, dk, coef.m_end) for s, (xk, dk) in zip(carry.momentum, factors)
+            _plus_mm(pm * s, *_grad_factors(xk, dk, coef.m_end))
+            for s, (xk, dk) in zip(carry.momentum, factors)
         ]
     carry.weights = new_w
 
