@@ -1,6 +1,7 @@
 """Deep-memory benchmark: chunked_minibatch_ttt vs the token-by-token reference (CPU).
 
-Prints a table (no asserts): float32, B=1, H=4, dk=dv=64, forward and forward+backward.
+Prints a table (no asserts): float32, B=1, H=4, dk=dv=64, forward and forward+backward;
+each chunked cell is the median of ``--repeats`` runs after a warm-up run.
 The reference runs only at the short lengths (``--ref-max``); longer reference times are
 extrapolated linearly in T and marked with ``~``. Run: ``python bench/bench_memory_deep.py``.
 """
@@ -8,6 +9,7 @@ extrapolated linearly in T and marked with ``~``. Run: ``python bench/bench_memo
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 
@@ -81,7 +83,7 @@ def inputs(mem: Memory, T: int) -> tuple[list[Tensor], dict[str, object]]:
     return leaves, kw
 
 
-def seconds(fn: Callable[..., tuple[Tensor, object]], mem: Memory, T: int, backward: bool) -> float:
+def _once(fn: Callable[..., tuple[Tensor, object]], mem: Memory, T: int, backward: bool) -> float:
     leaves, kw = inputs(mem, T)
     for x in leaves:
         x.requires_grad_(backward)
@@ -93,10 +95,19 @@ def seconds(fn: Callable[..., tuple[Tensor, object]], mem: Memory, T: int, backw
     return time.perf_counter() - start
 
 
+def seconds(
+    fn: Callable[..., tuple[Tensor, object]], mem: Memory, T: int, backward: bool, repeats: int = 1
+) -> float:
+    """Median of `repeats` timed runs after one untimed warm-up run."""
+    _once(fn, mem, T, backward)
+    return statistics.median(_once(fn, mem, T, backward) for _ in range(repeats))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 8192])
     parser.add_argument("--ref-max", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (median)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     head = f"{'model':18s} {'pass':8s}" + "".join(f" {'T=' + str(t):>17s}" for t in args.lengths)
@@ -106,7 +117,7 @@ def main() -> None:
             chunk, ref = [], []
             ref_per_token = None
             for length in args.lengths:
-                chunk.append(seconds(chunked_minibatch_ttt, mem, length, backward))
+                chunk.append(seconds(chunked_minibatch_ttt, mem, length, backward, args.repeats))
                 if length <= args.ref_max:
                     r = seconds(memory_reference, mem, length, backward)
                     ref.append(f"{r:7.2f}")
@@ -116,7 +127,10 @@ def main() -> None:
             cells = "".join(f" {c:7.3f} / {r:>7s}" for c, r in zip(chunk, ref))
             ratio = chunk[args.lengths.index(8192)] / chunk[args.lengths.index(1024)]
             print(f"{name:18s} {'fwd+bwd' if backward else 'fwd':8s}{cells} {ratio:16.2f}")
-    print("cells: chunked seconds / reference seconds ('~': extrapolated linearly in T)")
+    print(
+        f"cells: chunked seconds (median of {args.repeats} after a warm-up) / reference seconds "
+        "(one run after a warm-up; '~': extrapolated linearly in T)"
+    )
 
 
 if __name__ == "__main__":
