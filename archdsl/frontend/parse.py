@@ -338,7 +338,3 @@ class _ToAst(Transformer[Any, Any]):
             extra_headers=tuple(headers[1:]),
             extra_models=tuple(models[1:]),
         )
-
-
-def is_tree(x: object) -> bool:
-    return isinstance(x, Tree)

@@ -5,7 +5,6 @@ tokens and sinks. Backends: `reference` (explicit softmax over the materialised 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -165,13 +164,3 @@ def _reference_attention(
         scores = scores + bias
     scores = scores.masked_fill(~mask, float("-inf"))
     return torch.einsum("bhij,bhjd->bhid", torch.softmax(scores, dim=-1), v)
-
-
-def attention_flops_per_token(att: Attention, d_model: int, context: int) -> float:
-    """Score + weighted sum FLOPs per token at a given context length (window-aware)."""
-    span = min(att.window, context) if att.window else context / (2 if att.causal else 1)
-    return 4.0 * d_model * (span + att.persistent)
-
-
-def describe(att: Attention) -> dict[str, Any]:
-    return att.model_dump(exclude={"loc"})

@@ -50,9 +50,8 @@ class BuildContext:
         if isinstance(decl, Memory):
             from archdsl.memory.layer import MemoryLayer
 
-            return MemoryLayer(
-                decl, d, h, backend=_memory_backend(self.backend, decl, self.kernels)
-            )
+            # a memory reaches its Triton kernel through archdsl.memory.rules.memory_function
+            return MemoryLayer(decl, d, h, backend=self.backend)
         assert isinstance(decl, MatrixMixer)
         from archdsl.mixers.layer import MatrixMixerLayer
 
@@ -67,9 +66,3 @@ def _triton_attention(kernels: Any, name: str) -> Any:
             f"mixer '{name}': no generated Triton kernel; using the torch path", stacklevel=3
         )
     return fn
-
-
-def _memory_backend(backend: str, mem: Memory, kernels: Any) -> str:
-    """Memories pick their Triton kernel through `archdsl.memory.rules.memory_function`."""
-    del mem, kernels
-    return backend
