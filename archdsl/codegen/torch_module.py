@@ -107,8 +107,7 @@ class _BlockEmitter:
             self.var[nid] = f"{data['var']}_in"
             return
         if kind == "const":
-            call_free = data["label"]
-            self.var[nid] = _const_text(call_free)
+            self.var[nid] = _literal(data["value"])
             return
         args = self._args(nid)
         if kind == "binop":
@@ -148,16 +147,6 @@ class _BlockEmitter:
             expr = f"self.{attr}({args[0]})"
         self.var[nid] = target
         self.body.append(f"{target} = {expr}{tag}")
-
-
-def _const_text(label: object) -> str:
-    text = str(label)
-    if text in ("True", "False"):
-        return text
-    try:
-        return repr(int(text))
-    except ValueError:
-        return repr(float(text))
 
 
 def _option(value: object) -> str:

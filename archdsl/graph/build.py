@@ -95,7 +95,7 @@ class _BlockGraphBuilder:
                 "a string has no meaning in a block's dataflow", e.loc, "use a number or a tensor"
             )
         if isinstance(e, Num):
-            return self.node("const", str(e.value), Width(1, scalar=True), e.loc)
+            return self.node("const", str(e.value), Width(1, scalar=True), e.loc, value=e.value)
         if isinstance(e, Neg):
             src = self.expr(e.operand)
             nid = self.node("unary", "neg", self.width(src), e.loc, op="neg")
