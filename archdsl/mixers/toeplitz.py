@@ -59,21 +59,42 @@ def fft_conv(x: Tensor, taps: Tensor, *, causal: bool) -> Tensor:
     """Long convolution of ``x [B, T, H, D]`` with per-head taps ``[B|1, H, K]``.
 
     ``causal``: ``taps`` are lags ``0..T-1``; else lags ``-(T-1)..T-1`` (``K = 2T - 1``).
+    Channels are transformed in groups of `FFT_GROUP`: one FFT over all ``B H D`` channels
+    at once streams every spectrum through memory three times and, at T = 16384, ran 2x
+    slower than the same arithmetic done group by group (whose spectra stay in cache).
     """
-    length = x.shape[1]
+    out_dtype = x.dtype
+    dtype = torch.promote_types(x.dtype, taps.dtype)
+    x, taps = x.to(dtype), taps.to(dtype)
+    batch, length, heads, width = x.shape
     n_fft = fast_fft_size(2 * length - 1)
-    # a contiguous time axis is ~15% faster through pocketfft than a strided one
-    xf = torch.fft.rfft(x.permute(0, 2, 3, 1).contiguous(), n=n_fft)  # [B, H, D, F]
-    hf = torch.fft.rfft(taps, n=n_fft).unsqueeze(-2)  # [B|1, H, 1, F]
-    needs_grad = torch.is_grad_enabled() and (xf.requires_grad or hf.requires_grad)
-    product = (
-        xf * hf
-        if needs_grad or xf.shape != torch.broadcast_shapes(xf.shape, hf.shape)
-        else xf.mul_(hf)
-    )
-    y = torch.fft.irfft(product, n=n_fft)
+    spectra = torch.fft.rfft(taps, n=n_fft)  # [B|1, H, F]
     offset = 0 if causal else length - 1  # full conv index of output i is i + (T - 1)
-    return y[..., offset : offset + length].permute(0, 3, 1, 2).to(x.dtype)
+    group = min(width, FFT_GROUP)
+    rows = []
+    for b in range(batch):
+        pieces = []
+        for h in range(heads):
+            spectrum = spectra[b if spectra.shape[0] > 1 else 0, h].unsqueeze(-1)  # [F, 1]
+            for d0 in range(0, width, group):
+                block = x[b, :, h, d0 : d0 + group]  # [T, g]
+                y = _convolve_block(block, spectrum, n_fft)
+                pieces.append(y[offset : offset + length])
+        rows.append(torch.cat(pieces, dim=-1).view(length, heads, width))
+    return torch.stack(rows).to(out_dtype)
+
+
+# Channels transformed together: 16-32 measured best at T = 4096 and 16384 (1 thread);
+# fewer pay per-call overhead, all ``B H D`` at once spill the spectra out of cache.
+FFT_GROUP = 16
+
+
+def _convolve_block(block: Tensor, spectrum: Tensor, n_fft: int) -> Tensor:
+    """``irfft(rfft(block) * spectrum)`` along time (dim 0) for a ``[T, g]`` block."""
+    xf = torch.fft.rfft(block, n=n_fft, dim=0)  # [F, g]
+    needs_grad = torch.is_grad_enabled() and (xf.requires_grad or spectrum.requires_grad)
+    product = xf * spectrum if needs_grad else xf.mul_(spectrum)
+    return torch.fft.irfft(product, n=n_fft, dim=0)
 
 
 def toeplitz_mix(x: Tensor, *, filter: Tensor, causal: bool = True) -> Tensor:

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from archdsl.mixers.ops import direction_mask
+from archdsl.mixers.ops import complex_exp, direction_mask
 from archdsl.mixers.semiseparable import ScanParams, scan_both_directions
 from archdsl.mixers.ssd import chunked_ssd
 from archdsl.mixers.toeplitz import fft_conv, toeplitz_materialize
@@ -52,13 +52,13 @@ def s4d_kernels(log_dt: Tensor, a: Tensor, b: Tensor, cs: list[Tensor], length: 
     exponentials instead of ``O(H N T)``.
     """
     dta = log_dt.exp().unsqueeze(-1) * a  # [H, N]
-    b_bar = (dta.exp() - 1.0) / a * b
+    b_bar = (complex_exp(dta) - 1.0) / a * b
     step = 1 << max(0, math.ceil(math.log2(max(1, length)) / 2))
     rows = -(-length // step)
     real = a.real.dtype
-    low = (dta.unsqueeze(-1) * torch.arange(step, device=a.device, dtype=real)).exp()
+    low = complex_exp(dta.unsqueeze(-1) * torch.arange(step, device=a.device, dtype=real))
     high_lags = torch.arange(rows, device=a.device, dtype=real) * step
-    high = (dta.unsqueeze(-2) * high_lags.unsqueeze(-1)).exp()  # [H, R, N]
+    high = complex_exp(dta.unsqueeze(-2) * high_lags.unsqueeze(-1))  # [H, R, N]
     w = torch.stack([c * b_bar for c in cs])  # [K, H, N]
     weighted = w.unsqueeze(-2) * high  # [K, H, R, N]
     table = weighted @ low  # [K, H, R, S]: lag r S + s
