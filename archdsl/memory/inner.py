@@ -142,11 +142,14 @@ def _huber_loss(form: str, e: Tensor, delta: Tensor) -> Tensor:
         lin = d * (e.abs() - 0.5 * d)
         return torch.where(e.abs() <= d, quad, lin).sum(-1)
     sq = (e * e).sum(-1)
-    norm = torch.sqrt(sq)
+    inside = sq <= delta * delta
     if form == "norm":
-        return torch.where(norm <= delta, 0.5 * sq, delta * (norm - 0.5 * delta))
+        # the norm is only used outside the radius; clamped there, its derivative stays
+        # finite at e = 0, where sqrt's is infinite (inf * 0 = NaN through the where)
+        norm = torch.sqrt(torch.maximum(sq, delta * delta))
+        return torch.where(inside, 0.5 * sq, delta * (norm - 0.5 * delta))
     # Yaad mixture: the l2 step inside the radius, delta times the l1 step outside.
-    return torch.where(norm <= delta, 0.5 * sq, delta * _smooth_abs(e).sum(-1))
+    return torch.where(inside, 0.5 * sq, delta * _smooth_abs(e).sum(-1))
 
 
 def bias_output_grad(bias: Bias, y: Tensor, v: Tensor, delta: Tensor) -> Tensor:
@@ -166,10 +169,12 @@ def bias_output_grad(bias: Bias, y: Tensor, v: Tensor, delta: Tensor) -> Tensor:
     d = delta.unsqueeze(-1)
     if bias.form == "coord":
         return torch.where(e.abs() <= d, e, d * torch.sign(e))
-    norm = torch.sqrt((e * e).sum(-1, keepdim=True))
+    sq = (e * e).sum(-1, keepdim=True)
+    inside = sq <= d * d
     if bias.form == "norm":
-        return torch.where(norm <= d, e, d * e / norm)
-    return torch.where(norm <= d, e, d * e / _smooth_abs(e))
+        # clamped as in `_huber_loss`: no 0 / 0 in the branch that is not taken
+        return torch.where(inside, e, d * e / torch.sqrt(torch.maximum(sq, d * d)))
+    return torch.where(inside, e, d * e / _smooth_abs(e))
 
 
 # --- retention maps ---------------------------------------------------------------------
