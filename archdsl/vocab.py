@@ -112,12 +112,14 @@ FEATURES = Schema(
     {
         "conv": Opt("int", 0, min=0, max=64),
         "act": Opt("choice", "none", ("none", "silu", "relu", "elu", "sigmoid")),
+        "act_on": Opt("choice", "qkv", ("qkv", "qk")),
         "norm": Opt("choice", "none", ("none", "l2")),
         "dk": Opt("int", None, min=1, nullable=True),
         "dv": Opt("int", None, min=1, nullable=True),
         "out_norm": Opt("choice", "none", ("none", "rms", "layer")),
         "out_gate": Opt("choice", "none", ("none", "sigmoid", "silu")),
         "scale": Opt("float", None, min=0, min_exclusive=True, nullable=True),
+        "normalizer": Opt("bool", False),
     },
 )
 

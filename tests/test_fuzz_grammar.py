@@ -146,7 +146,11 @@ def memory_text(draw: st.DrawFn, name: str) -> str:
     if draw(st.booleans()):
         lines.append(f"  batch = {draw(st.sampled_from([1, 4, 16]))}")
     if draw(st.booleans()):
-        lines.append(f"  features = {draw(call_text(vocab.FEATURES, skip=('dk', 'dv')))}")
+        # the normaliser is a denominator for the matrix + dot family only
+        skip = (
+            ("dk", "dv") if structure == "matrix" and bias == "dot" else ("dk", "dv", "normalizer")
+        )
+        lines.append(f"  features = {draw(call_text(vocab.FEATURES, skip=skip))}")
     lines = draw(st.permutations(lines))
     return f"memory {name} {{\n" + "\n".join(lines) + "\n}"
 

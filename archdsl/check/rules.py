@@ -268,6 +268,16 @@ def rule_memory_combinations(arch: Arch) -> list[Diagnostic]:
         f = m.features
         if m.structure.kind == "vector" and f.dk is not None and f.dv is not None and f.dk != f.dv:
             out.append(Diagnostic("a vector memory needs dk == dv", f.loc))
+        if f.normalizer and (m.structure.kind != "matrix" or m.bias.kind != "dot"):
+            out.append(
+                Diagnostic(
+                    "`normalizer` divides by the memory's read of a constant value, which "
+                    "is a denominator only for a matrix memory with the dot bias "
+                    "(linear attention and its gated forms)",
+                    f.loc,
+                    "drop `normalizer = true`, or use `structure = matrix` and `bias = dot`",
+                )
+            )
         if m.bias.kind == "lp" and m.bias.p < 1:
             out.append(Diagnostic("lp needs p >= 1", m.bias.loc))
     return out

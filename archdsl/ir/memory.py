@@ -102,19 +102,24 @@ class Features(IRNode):
     """The layer around the memory: how q, k, v and the output are made.
 
     ``conv``: depthwise causal conv kernel after each projection (0: none); ``act`` on
-    q, k, v; ``norm`` on q and k; ``dk`` / ``dv`` head dims (None: d_model / heads);
-    ``out_norm`` and ``out_gate`` before the output projection; ``scale`` on q (None:
-    dk^-1/2 for vector/matrix memories, 1 for mlp memories).
+    q, k, v (``act_on = qk``: on q and k only, a feature map phi as in linear attention);
+    ``norm`` on q and k; ``dk`` / ``dv`` head dims (None: d_model / heads); ``out_norm``
+    and ``out_gate`` before the output projection; ``scale`` on q (None: dk^-1/2 for
+    vector/matrix memories, 1 for mlp memories); ``normalizer``: divide each head's read
+    by the same memory's read of a constant value 1 (Katharopoulos' denominator
+    ``q_t . z_t``, ``z_t`` the keys written so far, with the memory's own decay and rates).
     """
 
     conv: int = 0
     act: Literal["none", "silu", "relu", "elu", "sigmoid"] = "none"
+    act_on: Literal["qkv", "qk"] = "qkv"
     norm: Literal["none", "l2"] = "none"
     dk: int | None = None
     dv: int | None = None
     out_norm: Literal["none", "rms", "layer"] = "none"
     out_gate: Literal["none", "sigmoid", "silu"] = "none"
     scale: float | None = None
+    normalizer: bool = False
 
 
 class Memory(IRNode):

@@ -33,6 +33,9 @@ from archdsl.memory.rules import memory_function
 from archdsl.memory.state import MemoryState
 
 OUT_NORM_EPS = 1e-6
+# Added to the normalizer's denominator q . z, which is zero only where the features can
+# vanish (relu): 0 / 0 becomes 0 instead of NaN. Far below float32 resolution otherwise.
+NORMALIZER_EPS = 1e-12
 
 
 class CoreInputs(NamedTuple):
@@ -197,7 +200,9 @@ class MemoryLayer(nn.Module):
         b, h = batch_size, self.heads
         kl = self.mem.retention.kind == "kl"
         if kind in ("matrix", "vector"):
-            shape = (b, h, self.dk, self.dv) if kind == "matrix" else (b, h, self.dk)
+            # with a normalizer the last value column holds the keys' sum z
+            values = self.dv + int(self.mem.features.normalizer)
+            shape = (b, h, self.dk, values) if kind == "matrix" else (b, h, self.dk)
             # Memora's softmax retention needs W > 0: start from the uniform distribution
             fill = 1.0 / self.dk if kl else 0.0
             return MemoryState((like.new_full(shape, fill),))
@@ -264,19 +269,23 @@ class MemoryLayer(nn.Module):
         cache_iter = iter(caches)
         new_caches: list[Tensor] = []
 
-        def feature(proj: nn.Linear, conv: CausalShortConv | None, dim: int) -> Tensor:
+        def feature(proj: nn.Linear, conv: CausalShortConv | None, dim: int, act: str) -> Tensor:
             z = proj(x)
             if conv is not None:
                 z, cache = conv(z, next(cache_iter))
                 new_caches.append(cache)
-            return feature_activation(feats.act, z).reshape(bsz, length, h, dim)
+            return feature_activation(act, z).reshape(bsz, length, h, dim)
 
-        q = feature(self.q_proj, self.q_conv, self.dk)
+        q = feature(self.q_proj, self.q_conv, self.dk, feats.act)
         if self.k_proj is not None:
-            k = feature(self.k_proj, self.k_conv, self.dk)
+            k = feature(self.k_proj, self.k_conv, self.dk, feats.act)
         else:
             k = self._tied_key(gates.get("alpha"), q)
-        v = feature(self.v_proj, self.v_conv, self.dv)
+        v = feature(
+            self.v_proj, self.v_conv, self.dv, feats.act if feats.act_on == "qkv" else "none"
+        )
+        if feats.normalizer:
+            v = torch.cat([v, v.new_ones(bsz, length, h, 1)], dim=-1)
         if feats.norm == "l2":
             q = l2_normalize(q)
             k = k if self.tie_key else l2_normalize(k)
@@ -344,6 +353,9 @@ class MemoryLayer(nn.Module):
 
     def _output(self, o: Tensor, x: Tensor) -> Tensor:
         feats = self.mem.features
+        if feats.normalizer:
+            # the read of the ones column is q . z: Katharopoulos' denominator
+            o = o[..., : self.dv] / (o[..., self.dv :] + NORMALIZER_EPS)
         if self.o_norm is not None:
             o = self.o_norm(o)
         bsz, length = x.shape[0], x.shape[1]

@@ -164,21 +164,19 @@ def test_linear_attention(backend: str) -> None:
     _compare(layer, lambda x, w: linear_attention(x, w, HEADS), _weights)
 
 
-def test_linear_attention_reference_normaliser() -> None:
-    """The paper's normalised form equals the unnormalised one divided by q.z (the IR has no
-    normaliser, so this checks the reference's own two modes against each other)."""
-    torch.manual_seed(0)
-    w = {n: torch.randn(D_MODEL, D_MODEL, dtype=torch.float64) for n in ("q", "k", "v", "o")}
-    w = {f"{n}_proj.weight": t for n, t in w.items()}
-    w["o_proj.weight"] = torch.eye(D_MODEL, dtype=torch.float64)
-    x = torch.randn(1, 7, D_MODEL, dtype=torch.float64)
-    y_norm, _ = linear_attention(x, w, HEADS, phi="elu1", normalize=True)
-    y_raw, _ = linear_attention(x, w, HEADS, phi="elu1", normalize=False)
-    q = torch.nn.functional.elu(x @ w["q_proj.weight"].T) + 1
-    k = torch.nn.functional.elu(x @ w["k_proj.weight"].T) + 1
-    qh, kh = q.reshape(1, 7, HEADS, -1), k.reshape(1, 7, HEADS, -1)
-    den = (qh * kh.cumsum(1)).sum(-1, keepdim=True)
-    torch.testing.assert_close(y_norm, (y_raw.reshape(1, 7, HEADS, -1) / den).reshape(1, 7, -1))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_attention_paper_form(backend: str) -> None:
+    """The paper's model: phi = elu + 1 on q and k only, and the normaliser q . z."""
+    mem = linear_attention_ir().model_copy(
+        update={"features": Features(scale=1.0, act="elu", act_on="qk", normalizer=True)}
+    )
+    layer = _make_layer(mem, backend)
+
+    def state_and_sum(state: LayerState) -> tuple[Tensor, ...]:
+        (w,) = state.memory.weights  # the keys' sum z is the last value column
+        return w[..., :-1], w[..., -1]
+
+    _compare(layer, lambda x, w: linear_attention(x, w, HEADS, "elu1", True), state_and_sum)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,7 +8,8 @@ Causal form, eq. (16)-(20) of the paper: with a feature map phi,
 
 phi = identity or ``elu(x) + 1`` (the paper's choice), on q and k only; q, k, v are plain
 projections of x; ``y = o W_o^T``. Weights by MemoryLayer state_dict names: ``q_proj.weight``,
-``k_proj.weight``, ``v_proj.weight``, ``o_proj.weight``. Returns (y, S_T ``[B, H, dk, dv]``).
+``k_proj.weight``, ``v_proj.weight``, ``o_proj.weight``. Returns (y, S_T ``[B, H, dk, dv]``),
+and z_T ``[B, H, dk]`` too when ``normalize``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def linear_attention(
     phi: str = "identity",
     normalize: bool = False,
     scale: float = 1.0,
-) -> tuple[Tensor, Tensor]:
-    """x ``[B, T, d_model]`` -> (y ``[B, T, d_model]``, final S)."""
+) -> tuple[Tensor, ...]:
+    """x ``[B, T, d_model]`` -> (y ``[B, T, d_model]``, final S[, final z])."""
     q = feature_map(phi, heads_of(linear(x, w["q_proj.weight"]), heads)) * scale
     k = feature_map(phi, heads_of(linear(x, w["k_proj.weight"]), heads))
     v = heads_of(linear(x, w["v_proj.weight"]), heads)
@@ -51,4 +52,5 @@ def linear_attention(
             num = num / (q[:, t] * z).sum(-1, keepdim=True)
         outs.append(num)
     o = torch.stack(outs, dim=1).reshape(batch, length, -1)
-    return linear(o, w["o_proj.weight"]), s
+    y = linear(o, w["o_proj.weight"])
+    return (y, s, z) if normalize else (y, s)
