@@ -27,7 +27,12 @@ from torch import Tensor, nn
 from archdsl.ir.memory import Memory
 from archdsl.memory.inner import memory_forward
 from archdsl.memory.inputs import default_scale
-from archdsl.memory.layer_gates import add_gate_parameters, gate_values, memory_gates
+from archdsl.memory.layer_gates import (
+    add_gate_parameters,
+    gate_values,
+    memory_gates,
+    shares_step,
+)
 from archdsl.memory.projections import CausalShortConv, feature_activation, l2_normalize
 from archdsl.memory.rules import memory_function
 from archdsl.memory.state import MemoryState
@@ -138,7 +143,8 @@ class MemoryLayer(nn.Module):
         self._build_features(d_model)
         deep = mem.structure.kind == "mlp"
         for role, gate in self.gates.items():
-            add_gate_parameters(self, role, gate, d_model, heads, self.dk, deep)
+            tied = shares_step(self.gates, role)
+            add_gate_parameters(self, role, gate, d_model, heads, self.dk, deep, tied)
         if deep:
             self._build_initial_weights()
         self._build_output(d_model)
@@ -265,7 +271,10 @@ class MemoryLayer(nn.Module):
     def _core_inputs(self, x: Tensor, caches: tuple[Tensor, ...]) -> tuple[CoreInputs, tuple]:
         feats = self.mem.features
         bsz, length, h = x.shape[0], x.shape[1], self.heads
-        gates = {role: gate_values(self, role, g, x, h) for role, g in self.gates.items()}
+        gates = {
+            role: gate_values(self, role, g, x, h, shares_step(self.gates, role))
+            for role, g in self.gates.items()
+        }
         cache_iter = iter(caches)
         new_caches: list[Tensor] = []
 

@@ -11,7 +11,8 @@ into the tensor the functional core expects:
 Parameter names for role ``r``: data gates ``r_proj`` (a `GateProjection`), plus
 ``r_A_log`` / ``r_dt_bias`` for the mamba parametrisation; learned gates ``r_param``
 (the pre-activation when the gate has an ``act``, else the value itself); const gates a
-non-persistent buffer ``r_const`` (not in the state_dict).
+non-persistent buffer ``r_const`` (not in the state_dict). A rate tied to alpha's step
+(`shares_step`, Mamba2) has none: it reads ``alpha_proj`` and ``alpha_dt_bias``.
 """
 
 from __future__ import annotations
@@ -42,14 +43,42 @@ def memory_gates(mem: Memory) -> dict[str, Gate]:
     return gates
 
 
+def shares_step(gates: dict[str, Gate], role: str) -> bool:
+    """Whether rate ``role`` is the retention gate's step ``dt`` (Mamba2's tie).
+
+    In Mamba2 one projection gives the step ``dt = softplus(z + dt_bias)``, and both the
+    decay ``alpha = exp(-exp(A_log) dt)`` and the write rate ``dt`` come from it. A rate
+    gate written ``data(act = mamba)`` beside ``alpha = data(act = mamba)`` (same ``per``
+    and ``rank``) means exactly that: it has no parameters of its own.
+    """
+    alpha, gate = gates.get("alpha"), gates[role]
+    return (
+        role != "alpha"
+        and alpha is not None
+        and gate.mode == alpha.mode == "data"
+        and gate.act == alpha.act == "mamba"
+        and (gate.per, gate.rank) == (alpha.per, alpha.rank)
+    )
+
+
 def gate_width(gate: Gate, heads: int, dk: int) -> int:
     return heads * dk if gate.per == "channel" else heads
 
 
 def add_gate_parameters(
-    owner: nn.Module, role: str, gate: Gate, d_model: int, heads: int, dk: int, deep: bool
+    owner: nn.Module,
+    role: str,
+    gate: Gate,
+    d_model: int,
+    heads: int,
+    dk: int,
+    deep: bool,
+    tied: bool = False,
 ) -> None:
-    """Register the parameters of gate `role` on `owner` (names in the module docstring)."""
+    """Register the parameters of gate `role` on `owner` (names in the module docstring);
+    none when ``tied`` (`shares_step`: the rate is alpha's step)."""
+    if tied:
+        return
     width = gate_width(gate, heads, dk)
     target = gate_target(role, gate, deep)
     mamba = gate.act == "mamba"
@@ -69,9 +98,16 @@ def add_gate_parameters(
         owner.register_buffer(f"{role}_const", _const_values(gate, heads, dk), persistent=False)
 
 
-def gate_values(owner: nn.Module, role: str, gate: Gate, x: Tensor, heads: int) -> Tensor:
-    """The gate for tokens ``x`` ``[B, T, d_model]``: ``[B, T, H]`` or ``[B, T, H, dk]``."""
+def gate_values(
+    owner: nn.Module, role: str, gate: Gate, x: Tensor, heads: int, tied: bool = False
+) -> Tensor:
+    """The gate for tokens ``x`` ``[B, T, d_model]``: ``[B, T, H]`` or ``[B, T, H, dk]``.
+
+    ``tied`` (`shares_step`): the step ``dt`` of the ``alpha`` gate's parameters."""
     batch, length = x.shape[0], x.shape[1]
+    if tied:
+        out = F.softplus(owner.alpha_proj(x) + owner.alpha_dt_bias)
+        return out.reshape(batch, length, heads, -1) if gate.per == "channel" else out
     if gate.mode == "data":
         z = getattr(owner, f"{role}_proj")(x)
     elif gate.mode == "learned":
