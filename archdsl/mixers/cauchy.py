@@ -27,6 +27,7 @@ more than about 2^22 ``[i, j, n]`` entries at once.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -126,14 +127,22 @@ def s4_kernel_direct(
     return 2.0 * torch.stack(taps, dim=-1).real
 
 
+class S4Parameters(NamedTuple):
+    """The fixed S4 parameters (module docstring); ``ct_bw`` None means ``ct``."""
+
+    log_dt: Tensor
+    lam: Tensor
+    p: Tensor
+    b: Tensor
+    ct: Tensor
+    ct_bw: Tensor | None
+
+
 def _fixed_taps(
-    length: int, params: dict[str, Tensor], causal: bool, kernel_len: int | None, direct: bool
+    length: int, s4: S4Parameters, causal: bool, kernel_len: int | None, direct: bool
 ) -> Tensor:
-    common = (params["log_dt"], params["lam"], params["p"], params["b"])
-    cts = [params["ct"]]
-    if not causal:
-        ct_bw = params.get("ct_bw")
-        cts.append(params["ct"] if ct_bw is None else ct_bw)
+    common = (s4.log_dt, s4.lam, s4.p, s4.b)
+    cts = [s4.ct] if causal else [s4.ct, s4.ct if s4.ct_bw is None else s4.ct_bw]
     if direct:
         kernels = [s4_kernel_direct(*common, ct, length, kernel_len) for ct in cts]
     else:
@@ -154,10 +163,8 @@ def cauchy_fixed_mix(
     kernel_len: int | None = None,
 ) -> Tensor:
     """Fast path (S4 Cauchy kernel + FFT convolution) for ``x [B, T, H, D]``."""
-    params = {"log_dt": log_dt, "lam": lam, "p": p, "b": b, "ct": ct}
-    if ct_bw is not None:
-        params["ct_bw"] = ct_bw
-    taps = _fixed_taps(x.shape[1], params, causal, kernel_len, direct=False)
+    s4 = S4Parameters(log_dt, lam, p, b, ct, ct_bw)
+    taps = _fixed_taps(x.shape[1], s4, causal, kernel_len, direct=False)
     return fft_conv(x, taps.unsqueeze(0).to(x.dtype), causal=causal)
 
 
@@ -174,10 +181,8 @@ def cauchy_fixed_materialize(
     kernel_len: int | None = None,
 ) -> Tensor:
     """``[1, H, T, T]`` Toeplitz matrix of the kernel computed by direct powers."""
-    params = {"log_dt": log_dt, "lam": lam, "p": p, "b": b, "ct": ct}
-    if ct_bw is not None:
-        params["ct_bw"] = ct_bw
-    taps = _fixed_taps(length, params, causal, kernel_len, direct=True)
+    s4 = S4Parameters(log_dt, lam, p, b, ct, ct_bw)
+    taps = _fixed_taps(length, s4, causal, kernel_len, direct=True)
     return toeplitz_materialize(length, filter=taps, causal=causal)
 
 
