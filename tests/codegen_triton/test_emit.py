@@ -76,8 +76,9 @@ def test_structure_reads_like_a_tutorial() -> None:
     assert "# swa: attention kernel for spec node specs/titans.arch:12:1 mixer swa" in source
     for flag in GATED_LINEAR_CONSTEXPRS + ATTENTION_CONSTEXPRS:
         assert f"    {flag}: tl.constexpr," in source, flag
-    # gated linear: 1 kernel; attention: scores, key range, block, kernel, 2 bwd kernels, dq block
-    assert source.count("@triton.jit") == 8
+    # gated linear: 1 kernel; attention: scores, key range, block, kv load, kernel,
+    # 2 bwd kernels, dq block
+    assert source.count("@triton.jit") == 9
     assert "pid_bh = tl.program_id(0)" in source
     assert "pid_m = tl.program_id(0)" in source
     assert "offs_t = tl.arange(0, BLOCK_T)" in source
@@ -95,6 +96,7 @@ def test_structure_reads_like_a_tutorial() -> None:
         "swa_masked_scores",
         "swa_key_range",
         "swa_attend_block",
+        "swa_load_kv",
         "swa_kernel",
         "swa",
         "swa_bwd_dkdv_kernel",

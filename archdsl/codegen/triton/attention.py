@@ -23,17 +23,13 @@ from __future__ import annotations
 from string import Template
 
 from archdsl.codegen.triton.attention_bwd import emit_attention_backward
-from archdsl.codegen.triton.spec import AttentionFlags, KernelSpec
+from archdsl.codegen.triton.spec import MASK_PARAMS, AttentionFlags, KernelSpec
 
 _KERNEL = Template("""
 @triton.jit
 def ${name}_masked_scores(
     q, k, rows, keys, scale, slope, T,
-    IS_CAUSAL: tl.constexpr,
-    WINDOW: tl.constexpr,
-    PREFIX: tl.constexpr,
-    SINKS: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+${mask_params}
     DOT_PRECISION: tl.constexpr,
 ):
     # scale * q k^T (+ alibi), -inf where query rows[i] may not see key keys[j]
@@ -89,27 +85,31 @@ def ${name}_key_range(
 def ${name}_attend_block(
     acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d, mask_d,
     stride_kt, scale, slope, T,
-    IS_CAUSAL: tl.constexpr,
-    WINDOW: tl.constexpr,
-    PREFIX: tl.constexpr,
-    SINKS: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+${mask_params}
     DOT_PRECISION: tl.constexpr,
 ):
     cols = start_n + offs_n
-    mask_kv = (cols < T)[:, None] & mask_d[None, :]
-    k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=mask_kv, other=0.0)
-    v = tl.load(v_base + cols[:, None] * stride_kt + offs_d[None, :], mask=mask_kv, other=0.0)
+    k, v = ${name}_load_kv(k_base, v_base, cols, offs_d, mask_d, stride_kt, T)
     scores = ${name}_masked_scores(
-        q, k.to(tl.float32), offs_m[:, None], cols[None, :], scale, slope, T,
+        q, k, offs_m[:, None], cols[None, :], scale, slope, T,
         IS_CAUSAL, WINDOW, PREFIX, SINKS, HAS_ALIBI, DOT_PRECISION,
     )
     m_new = tl.maximum(m_i, tl.max(scores, axis=1))
     p = tl.exp(scores - m_new[:, None])
     rescale = tl.exp(m_i - m_new)
     l_i = l_i * rescale + tl.sum(p, axis=1)
-    acc = acc * rescale[:, None] + tl.dot(p, v.to(tl.float32), input_precision=DOT_PRECISION)
+    acc = acc * rescale[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
+
+
+@triton.jit
+def ${name}_load_kv(k_base, v_base, cols, offs_d, mask_d, stride_kt, T):
+    # key / value rows `cols` (zeros past T), fp32
+    mask_kv = (cols < T)[:, None] & mask_d[None, :]
+    offs = cols[:, None] * stride_kt + offs_d[None, :]
+    k = tl.load(k_base + offs, mask=mask_kv, other=0.0).to(tl.float32)
+    v = tl.load(v_base + offs, mask=mask_kv, other=0.0).to(tl.float32)
+    return k, v
 
 
 @triton.jit
@@ -117,11 +117,7 @@ def ${name}_kernel(
     q_ptr, k_ptr, v_ptr, slopes_ptr, o_ptr, lse_ptr,
     scale, T, H, D,
     stride_b, stride_t, stride_h,
-    IS_CAUSAL: tl.constexpr,
-    WINDOW: tl.constexpr,
-    PREFIX: tl.constexpr,
-    SINKS: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+${mask_params}
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -252,5 +248,5 @@ def emit_attention(spec: KernelSpec) -> str:
         scale_doc="D ** -0.5" if flags.scale is None else repr(flags.scale),
         scale_default="D ** -0.5" if flags.scale is None else repr(flags.scale),
     )
-    forward = _KERNEL.substitute(name=name).lstrip("\n") + launcher
+    forward = _KERNEL.substitute(name=name, mask_params=MASK_PARAMS).lstrip("\n") + launcher
     return forward + "\n" + emit_attention_backward(spec)

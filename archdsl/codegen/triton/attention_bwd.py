@@ -10,15 +10,15 @@ masked scaled scores (`<name>_masked_scores`, shared with the forward) and
 ``<name>_bwd_dkdv_kernel``: one program per key block, looping over the query blocks
 that can see it (all of them for a block holding sink / prefix keys; else those near the
 diagonal). ``<name>_bwd_dq_kernel``: one program per query block, over the forward's key
-ranges (`<name>_key_range`). No atomics. ALiBi slopes get no gradient (treated as
-constants, as ALiBi defines them).
+ranges (`<name>_key_range`), loading key blocks with the forward's `<name>_load_kv`.
+No atomics. ALiBi slopes get no gradient (treated as constants, as ALiBi defines them).
 """
 
 from __future__ import annotations
 
 from string import Template
 
-from archdsl.codegen.triton.spec import AttentionFlags, KernelSpec
+from archdsl.codegen.triton.spec import MASK_PARAMS, AttentionFlags, KernelSpec
 
 _KERNELS = Template("""
 @triton.jit
@@ -26,11 +26,7 @@ def ${name}_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
     scale, T, H, D,
     stride_b, stride_t, stride_h,
-    IS_CAUSAL: tl.constexpr,
-    WINDOW: tl.constexpr,
-    PREFIX: tl.constexpr,
-    SINKS: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+${mask_params}
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -100,11 +96,7 @@ def ${name}_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     scale, T, H, D,
     stride_b, stride_t, stride_h,
-    IS_CAUSAL: tl.constexpr,
-    WINDOW: tl.constexpr,
-    PREFIX: tl.constexpr,
-    SINKS: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+${mask_params}
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -155,24 +147,17 @@ def ${name}_bwd_dq_kernel(
 def ${name}_dq_block(
     q, do, lse, delta, k_base, v_base, start_n, offs_m, offs_n, offs_d, mask_d,
     stride_kt, scale, slope, T,
-    IS_CAUSAL: tl.constexpr,
-    WINDOW: tl.constexpr,
-    PREFIX: tl.constexpr,
-    SINKS: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+${mask_params}
     DOT_PRECISION: tl.constexpr,
 ):
     cols = start_n + offs_n
-    mask_kv = (cols < T)[:, None] & mask_d[None, :]
-    k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=mask_kv, other=0.0)
-    v = tl.load(v_base + cols[:, None] * stride_kt + offs_d[None, :], mask=mask_kv, other=0.0)
-    k = k.to(tl.float32)
+    k, v = ${name}_load_kv(k_base, v_base, cols, offs_d, mask_d, stride_kt, T)
     scores = ${name}_masked_scores(
         q, k, offs_m[:, None], cols[None, :], scale, slope, T,
         IS_CAUSAL, WINDOW, PREFIX, SINKS, HAS_ALIBI, DOT_PRECISION,
     )
     p = tl.exp(scores - lse[:, None])
-    dp = tl.dot(do, tl.trans(v.to(tl.float32)), input_precision=DOT_PRECISION)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
     return tl.dot(ds, k, input_precision=DOT_PRECISION)
 """)
@@ -232,4 +217,4 @@ def emit_attention_backward(spec: KernelSpec) -> str:
             else "q  # placeholder pointer, never read"
         ),
     )
-    return _KERNELS.substitute(name=spec.name) + launcher
+    return _KERNELS.substitute(name=spec.name, mask_params=MASK_PARAMS) + launcher

@@ -169,3 +169,11 @@ def _check_types(flags: GatedLinearFlags | AttentionFlags) -> None:
             raise TypeError(
                 f"flag {f.name} must be {type(default).__name__}, got {type(value).__name__}"
             )
+
+
+# The constexpr mask flags every attention kernel and helper takes (`AttentionFlags`).
+MASK_PARAMS = """    IS_CAUSAL: tl.constexpr,
+    WINDOW: tl.constexpr,
+    PREFIX: tl.constexpr,
+    SINKS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,"""
