@@ -106,7 +106,8 @@ def gate_values(
     ``tied`` (`shares_step`): the step ``dt`` of the ``alpha`` gate's parameters."""
     batch, length = x.shape[0], x.shape[1]
     if tied:
-        out = F.softplus(owner.alpha_proj(x) + owner.alpha_dt_bias)
+        step = owner.get_submodule("alpha_proj")(x) + owner.get_parameter("alpha_dt_bias")
+        out = F.softplus(step)
         return out.reshape(batch, length, heads, -1) if gate.per == "channel" else out
     if gate.mode == "data":
         z = getattr(owner, f"{role}_proj")(x)
