@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from archdsl.mixers.ops import direction_mask
-from archdsl.mixers.ssd import chunked_ssd
+from archdsl.mixers.ssd import DEFAULT_CHUNK, chunked_ssd
 
 
 def lowrank_mix(
@@ -22,7 +22,7 @@ def lowrank_mix(
     k: Tensor,
     scale: float = 1.0,
     causal: bool = True,
-    chunk_size: int = 64,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> Tensor:
     """Fast path for ``x [B, T, H, D]``."""
     if causal:

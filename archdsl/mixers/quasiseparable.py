@@ -26,7 +26,7 @@ from archdsl.mixers.semiseparable import (
     scan_both_directions,
     upper_semiseparable,
 )
-from archdsl.mixers.ssd import chunked_ssd
+from archdsl.mixers.ssd import DEFAULT_CHUNK, chunked_ssd
 
 
 def quasiseparable_mix(
@@ -42,7 +42,7 @@ def quasiseparable_mix(
     b_bw: Tensor | None = None,
     log_a_bw: Tensor | None = None,
     lr_bw: Tensor | None = None,
-    chunk_size: int = 64,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> Tensor:
     """Fast path for ``x [B, T, H, D]``; ``delta`` is ``[B, T, H]`` (or ``[1, T, H]``)."""
     diagonal = x * delta.unsqueeze(-1)

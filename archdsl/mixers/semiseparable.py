@@ -27,8 +27,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from archdsl.memory.chunked_segments import run_segments
+from archdsl.memory.workspace import Workspace
 from archdsl.mixers.ops import batch_of, flip_time
-from archdsl.mixers.ssd import chunked_ssd, segment_length
+from archdsl.mixers.ssd import DEFAULT_CHUNK, chunked_ssd, segment_length
 
 
 class ScanParams(NamedTuple):
@@ -52,7 +54,7 @@ def semiseparable_mix(
     b_bw: Tensor | None = None,
     log_a_bw: Tensor | None = None,
     lr_bw: Tensor | None = None,
-    chunk_size: int = 64,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> Tensor:
     """Fast path: ``Y = M X`` for ``x [B, T, H, D]`` by the chunked SSD scan."""
     fw = ScanParams(c, b, log_a, lr)
@@ -85,59 +87,119 @@ def scan_both_directions(
     *,
     shift: bool,
     base: Tensor | None = None,
-    chunk_size: int = 64,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> Tensor:
     """Hydra's trick: ``SS_fw(x) + flip(SS_bw(flip x))`` as ONE scan over ``[x ; flip x]``
     stacked on the batch axis, plus ``base`` (``[B, T, H, D]``, consumed: written in place).
 
     With ``shift`` each direction's output moves one token away from its start (the
     strict triangles of the quasiseparable matrix). ``log_a`` may be per head or per key
-    channel. The scan runs segment by segment (`archdsl.mixers.ssd.segment_length`), the
-    forward and the reversed sequence in the same call, so that only segment-sized pieces
-    are ever flipped and stacked, and the outputs go straight to their place in the result.
+    channel. The memories' segment engine (`archdsl.memory.chunked_segments.run_segments`)
+    runs both directions in the same segments (`archdsl.mixers.ssd.segment_length`
+    tokens): each segment's rows are read straight from the inputs, the backward half
+    reversed, and both outputs are added straight into their place in the result, so
+    nothing of full size is ever flipped, stacked or copied.
     """
     batch = batch_of(x, *fw, *bw)
     length, heads = x.shape[1], x.shape[2]
-    lr_fw, lr_bw = fw.lr, bw.lr
-    if (lr_fw is None) != (lr_bw is None):  # one direction has lr: give the other ones
-        lr_fw = torch.ones_like(fw.log_a) if lr_fw is None else lr_fw
-        lr_bw = torch.ones_like(bw.log_a) if lr_bw is None else lr_bw
-    pairs = [(x, x), (fw.c, bw.c), (fw.b, bw.b), (fw.log_a, bw.log_a), (lr_fw, lr_bw)]
     out = x.new_zeros(batch, length, heads, x.shape[-1]) if base is None else base
     if out.shape[0] != batch:
         out = out.expand(batch, *out.shape[1:]).clone()
-    offset = 1 if shift else 0
-    segment = segment_length(2 * batch * heads, chunk_size)
-    state = None
-    for t0 in range(0, length, segment):
-        t1 = min(t0 + segment, length)
-        xx, cc, bb, aa, rr = (_stack_segment(f, b, batch, t0, t1) for f, b in pairs)
-        assert xx is not None and cc is not None and bb is not None and aa is not None
-        y, state = chunked_ssd(
-            cc,
-            bb,
-            xx,
-            log_decay=aa,
-            lr=rr,
-            initial_state=state,
-            output_final_state=t1 < length,
-            chunk_size=chunk_size,
-        )
-        _add_at(out, y[:batch], t0 + offset)
-        _add_at(out, flip_time(y[batch:]), length - t1 - offset)
+    if length == 0:
+        return out
+    lr_fw, lr_bw = fw.lr, bw.lr
+    if (lr_fw is None) != (lr_bw is None):  # one direction has lr: give the other ones
+        lr_fw = x.new_ones(fw.log_a.shape[:3]) if lr_fw is None else lr_fw
+        lr_bw = x.new_ones(bw.log_a.shape[:3]) if lr_bw is None else lr_bw
+    fw, bw = fw._replace(lr=lr_fw), bw._replace(lr=lr_bw)
+    log_decay = _stack_reversed(fw.log_a, bw.log_a, batch)
+    leaves = [t for t in (x, *fw, *bw) if t is not None]
+    ws = Workspace(not (torch.is_grad_enabled() and any(t.requires_grad for t in leaves)))
+    chunks = min(
+        segment_length(2 * batch * heads, chunk_size) // chunk_size, -(-length // chunk_size)
+    )
+    io = _BothDirections(x, fw, bw, out, shift, chunk_size)
+    s0 = x.new_zeros(2 * batch, heads, fw.c.shape[-1], x.shape[-1])
+    run_segments(io, log_decay, s0, length, chunk_size, chunks, ws)
     return out
 
 
-def _stack_segment(
-    t_fw: Tensor | None, t_bw: Tensor | None, batch: int, t0: int, t1: int
-) -> Tensor | None:
-    """``[t_fw[t0:t1] ; reversed t_bw, its steps t0:t1]`` on the batch axis."""
-    if t_fw is None or t_bw is None:
-        return None
-    length = t_bw.shape[1]
-    fwd = t_fw[:, t0:t1].expand(batch, t1 - t0, *t_fw.shape[2:])
-    rev = flip_time(t_bw[:, length - t1 : length - t0]).expand(batch, t1 - t0, *t_bw.shape[2:])
-    return torch.cat([fwd, rev], dim=0)
+def _stack_reversed(t_fw: Tensor, t_bw: Tensor, batch: int) -> Tensor:
+    """``[t_fw ; flip t_bw]`` on the batch axis, each broadcast to ``batch``."""
+    rev = flip_time(t_bw)
+    return torch.cat(
+        [t_fw.expand(batch, *t_fw.shape[1:]), rev.expand(batch, *rev.shape[1:])], dim=0
+    )
+
+
+class _BothDirections:
+    """`SegmentRows` of the stacked batch ``[forward ; reversed]``: segment ``t0:t1`` of
+    the reversed sequence is tokens ``T - t1 : T - t0`` of the inputs, backwards. Outputs
+    are added into ``out`` (shifted by one token away from each direction's start when
+    ``shift``)."""
+
+    def __init__(
+        self, x: Tensor, fw: ScanParams, bw: ScanParams, out: Tensor, shift: bool, chunk: int
+    ) -> None:
+        self.x, self.fw, self.bw, self.out = x, fw, bw, out
+        self.offset = 1 if shift else 0
+        self.chunk = chunk
+
+    def read(
+        self, index: int, t0: int, t1: int, rows: int, ws: Workspace
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        fw, bw, x = self.fw, self.bw, self.x
+        return (
+            self._rows("q", fw.c, bw.c, None, None, t0, t1, rows, ws),
+            self._rows("k", fw.b, bw.b, fw.lr, bw.lr, t0, t1, rows, ws),
+            self._rows("v", x, x, None, None, t0, t1, rows, ws),
+        )
+
+    def _rows(
+        self,
+        name: str,
+        t_fw: Tensor,
+        t_bw: Tensor,
+        lr_fw: Tensor | None,
+        lr_bw: Tensor | None,
+        t0: int,
+        t1: int,
+        rows: int,
+        ws: Workspace,
+    ) -> Tensor:
+        """Chunk rows ``[2 B H G, C, d]`` of ``t_fw[t0:t1] * lr_fw`` and the reversed
+        ``t_bw * lr_bw`` (lr ``[B, T, H]`` or None), zero-padded to ``rows`` tokens."""
+        batch, length = self.out.shape[0], self.out.shape[1]
+        heads, d = t_fw.shape[2], t_fw.shape[3]
+        size = t1 - t0
+        fwd, rev = t_fw[:, t0:t1], t_bw[:, length - t1 : length - t0]
+        rates = None
+        if lr_fw is not None and lr_bw is not None:
+            rates = (lr_fw[:, t0:t1], flip_time(lr_bw[:, length - t1 : length - t0]))
+        out = ws.buf(name, (2 * batch, heads, rows, d), t_fw)
+        if out is None:
+            pieces = [fwd, flip_time(rev)]
+            if rates is not None:
+                pieces = [p * r.unsqueeze(-1) for p, r in zip(pieces, rates)]
+            y = torch.cat([p.expand(batch, *p.shape[1:]) for p in pieces]).transpose(1, 2)
+            if rows > size:
+                y = torch.cat([y, y.new_zeros(2 * batch, heads, rows - size, d)], dim=2)
+            return y.reshape(-1, self.chunk, d)
+        if rows > size:
+            out[:, :, size:].zero_()
+        out_fw, out_bw = out[:batch, :, :size], out[batch:, :, :size]
+        out_fw.copy_(fwd.transpose(1, 2))
+        out_bw.copy_(flip_time(rev).transpose(1, 2))
+        if rates is not None:
+            for target, rate in zip((out_fw, out_bw), rates):
+                target.mul_(rate.transpose(1, 2).unsqueeze(-1))
+        return out.view(-1, self.chunk, d)
+
+    def write(self, o: Tensor, t0: int, t1: int, ws: Workspace) -> None:
+        batch, length = self.out.shape[0], self.out.shape[1]
+        fwd, rev = o[:batch, :, : t1 - t0], o[batch:, :, : t1 - t0]
+        _add_at(self.out, fwd.transpose(1, 2), t0 + self.offset)
+        _add_at(self.out, rev.flip(2).transpose(1, 2), length - t1 - self.offset)
 
 
 def _add_at(out: Tensor, y: Tensor, start: int) -> None:

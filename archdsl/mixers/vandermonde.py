@@ -33,7 +33,7 @@ from torch import Tensor
 
 from archdsl.mixers.ops import complex_exp, direction_mask
 from archdsl.mixers.semiseparable import ScanParams, scan_both_directions
-from archdsl.mixers.ssd import chunked_ssd
+from archdsl.mixers.ssd import DEFAULT_CHUNK, chunked_ssd
 from archdsl.mixers.toeplitz import fft_conv, toeplitz_materialize
 
 
@@ -118,7 +118,7 @@ def vandermonde_data_mix(
     b: Tensor,
     log_z: Tensor,
     causal: bool = True,
-    chunk_size: int = 64,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> Tensor:
     """Fast path (the per-channel-decay chunked scan) for ``x [B, T, H, D]``."""
     decay = log_z.to(x.dtype).expand(1, x.shape[1], *log_z.shape)

@@ -1,0 +1,295 @@
+"""The segment engine of the chunked gated linear scan (matrix state; see `chunked_linear`).
+
+The sequence is cut into *segments* of ``G`` chunks of ``C`` tokens, run one after
+another (`run_segments`): within a segment everything is batched over its chunks,
+including the chunk-to-chunk recurrence, which with one decay per head (or none) is one
+matrix product over the segment's chunks (`_SegmentGates.transfer`); per key channel it
+is a loop over them. A segment's intermediates stay in cache, and without autograd they
+are written into buffers that every segment reuses (`Workspace`).
+
+Where a segment's chunk rows come from and where its outputs go is the caller's
+(`SegmentRows`): the memories read ``[B, T, H, d]`` tensors in order
+(`archdsl.memory.chunked_linear.gated_linear_matrix`); Hydra's bidirectional mixer reads
+the sequence forwards and backwards as one batch and adds both outputs into place
+(`archdsl.mixers.semiseparable.scan_both_directions`). Both run the same segments.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+from archdsl.memory.decayed_scores import channel_scores, decay_factor, decay_floor
+from archdsl.memory.workspace import Workspace
+
+
+class SegmentRows(Protocol):
+    """The inputs and outputs of `run_segments`, one segment of tokens at a time."""
+
+    def read(
+        self, index: int, t0: int, t1: int, rows: int, ws: Workspace
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """q (scaled or not), k (times lr) and v of tokens ``t0:t1`` (segment ``index``)
+        as chunk rows ``[B H G, C, d]``, zero-padded to ``rows = G C`` tokens."""
+        ...
+
+    def write(self, o: Tensor, t0: int, t1: int, ws: Workspace) -> None:
+        """Take the output ``o [B, H, rows, dv]`` of tokens ``t0:t1`` (rows past
+        ``t1 - t0`` are padding); ``o`` may be a workspace buffer reused next segment."""
+        ...
+
+
+def run_segments(
+    io: SegmentRows,
+    log_alpha: Tensor | None,
+    s0: Tensor,
+    length: int,
+    chunk: int,
+    per_segment: int,
+    ws: Workspace,
+) -> Tensor:
+    """Run the gated linear recurrence over ``length`` tokens, ``per_segment`` chunks at a
+    time, reading and writing through ``io``. log_alpha ``[B, T, H]`` / ``[B, T, H, dk]``
+    / None; s0 ``[B, H, dk, dv]``. Returns the final state ``[B, H, dk, dv]``."""
+    bsz, h, dk, dv = s0.shape
+    seg_len = per_segment * chunk
+    segments = -(-length // seg_len)
+    gates = _gates_by_segment(log_alpha, segments, per_segment, chunk, bsz * h, s0)
+    state = s0.reshape(bsz * h, dk, dv)
+    for i in range(segments):
+        t0, t1 = i * seg_len, min((i + 1) * seg_len, length)
+        rows = -(-(t1 - t0) // chunk) * chunk
+        q, k, v = io.read(i, t0, t1, rows, ws)
+        o, state = _matrix_segment(q, k, v, gates[i].first(rows // chunk), state, ws)
+        io.write(o.view(bsz, h, rows, dv), t0, t1, ws)
+    return state.reshape(bsz, h, dk, dv)
+
+
+def to_rows(
+    x: Tensor, chunk: int, rows: int, factor: Tensor | float | None, out: Tensor | None
+) -> Tensor:
+    """A segment ``[B, L, H, d]`` (times ``factor``, ``[B, L, H, 1 or d]``) as chunk rows
+    ``[B H G, C, d]`` with ``G C = rows >= L`` (zero-padded): ``out`` is ``[B, H, rows, d]``
+    or None. The layout change is the copy that the batched matmuls need anyway."""
+    b, length, h, d = x.shape
+    pad = rows - length
+    if out is None:
+        y = (x if factor is None else x * factor).transpose(1, 2)
+        if pad:
+            y = torch.cat([y, y.new_zeros(b, h, pad, d)], dim=2)
+        return y.reshape(-1, chunk, d)
+    if pad:
+        out[:, :, length:].zero_()
+    target = out[:, :, :length]
+    if factor is None:
+        target.copy_(x.transpose(1, 2))
+    else:
+        scaled = factor.transpose(1, 2) if isinstance(factor, Tensor) else factor
+        torch.mul(x.transpose(1, 2), scaled, out=target)
+    return out.view(-1, chunk, d)
+
+
+class _SegmentGates(NamedTuple):
+    """Decay factors of the ``G`` chunks of one segment (``BH`` = batch x heads).
+
+    b ``[BH, G, C]`` / ``[BH, G, C, dk]``: the cumulative log decay within each chunk;
+    q_in ``exp(b)`` and k_out ``exp(b_C - b)``, ``[BH, G, C, 1 or dk]``; chunk
+    ``exp(b_C)``, ``[BH, G, 1 or dk, 1]`` (None without decay). With one decay per head
+    (or none), the chunk-to-chunk recurrence of the segment is one matrix product
+    (`_chunk_starts`): transfer ``[BH, G, G]``, the weight of chunk ``m``'s write in the
+    state at the start of chunk ``g``, ``exp(sum_{m < j < g} b_C(j))`` for ``m < g``; carry
+    ``[BH, G, 1]``, that of the state entering the segment, ``exp(sum_{j < g} b_C(j))``
+    (None: all ones). Per key channel, only alpha ``[BH, G, C, dk]`` is given, the
+    per-token factors ``exp(log alpha)`` from which `channel_scores` forms the rest, and
+    the recurrence is a loop over chunks.
+    """
+
+    b: Tensor | None
+    q_in: Tensor | None
+    k_out: Tensor | None
+    chunk: Tensor | None
+    transfer: Tensor | None
+    carry: Tensor | None
+    alpha: Tensor | None = None
+
+    def first(self, g: int) -> _SegmentGates:
+        """The first ``g`` chunks, with b / q_in / k_out flattened to ``[BH g, C, ...]``
+        (not alpha: a time-invariant one is a stride-0 view, copied once by its user)."""
+        sized = next((y for y in (self.chunk, self.transfer, self.alpha) if y is not None), None)
+        full = sized is None or g == sized.shape[1]
+
+        def take(y: Tensor | None, flat: bool) -> Tensor | None:
+            if y is None:
+                return None
+            y = y if full else y[:, :g]
+            return y.flatten(0, 1) if flat else y
+
+        transfer = self.transfer if full or self.transfer is None else self.transfer[:, :g, :g]
+        return _SegmentGates(
+            take(self.b, True),
+            take(self.q_in, True),
+            take(self.k_out, True),
+            take(self.chunk, False),
+            transfer,
+            take(self.carry, False),
+            take(self.alpha, False),
+        )
+
+
+def _segment_major(
+    x: Tensor, segments: int, per_segment: int, chunk: int, fill: float = 0.0
+) -> Tensor:
+    """``[B, T, H, *rest]`` -> ``[segments, B H, per_segment, C, *rest]``, padded with
+    ``fill`` (the neutral value: 0 for a log decay, 1 for a decay factor).
+
+    Only for the small per-token gates: one copy puts every segment's slice in one piece.
+    """
+    b, t, h = x.shape[:3]
+    rest = tuple(x.shape[3:])
+    pad = segments * per_segment * chunk - t
+    if pad:
+        x = torch.cat([x, x.new_full((b, pad, h, *rest), fill)], dim=1)
+    x = x.reshape(b, segments, per_segment, chunk, h, *rest)
+    x = x.permute(1, 0, 4, 2, 3, *range(5, 5 + len(rest)))
+    return x.reshape(segments, b * h, per_segment, chunk, *rest)
+
+
+def _transfer(chunk_log_decay: Tensor) -> tuple[Tensor, Tensor]:
+    """``(transfer [..., G, G], carry [..., G, 1])`` of `_SegmentGates` from the chunks'
+    total log decays ``[..., G]``.
+
+    The exponents are differences of prefix sums over the segment; those are formed in
+    float64 (they are G numbers per head), so that a long strongly decayed prefix does not
+    cost the short weakly decayed spans their precision. Each factor is floored like
+    every other (`decay_factor`).
+    """
+    floor = decay_floor(chunk_log_decay.dtype)
+    ends = chunk_log_decay.double().cumsum(-1)  # log decay from the segment start to each chunk end
+    starts = torch.cat([torch.zeros_like(ends[..., :1]), ends[..., :-1]], dim=-1)
+    spans = (starts.unsqueeze(-1) - ends.unsqueeze(-2)).clamp(min=floor, max=0.0)
+    transfer = torch.tril(spans.exp(), diagonal=-1)
+    carry = starts.clamp(min=floor).exp().unsqueeze(-1)
+    return transfer.to(chunk_log_decay.dtype), carry.to(chunk_log_decay.dtype)
+
+
+def _gates_by_segment(
+    log_alpha: Tensor | None, segments: int, per_segment: int, chunk: int, bh: int, like: Tensor
+) -> list[_SegmentGates]:
+    """The decay factors of every segment (``bh`` = batch x heads), computed for the whole
+    sequence at once."""
+    if log_alpha is None:
+        ones = like.new_ones(per_segment, per_segment).tril(-1).expand(bh, -1, -1)
+        return [_SegmentGates(None, None, None, None, ones, None)] * segments
+    if log_alpha.dim() == 4:
+        alpha = _segment_major(_per_token_factors(log_alpha), segments, per_segment, chunk, 1.0)
+        return [_SegmentGates(None, None, None, None, None, None, a) for a in alpha]
+    b = _segment_major(log_alpha, segments, per_segment, chunk).cumsum(dim=3)
+    bk = b.unsqueeze(-1)  # [segments, BH, G, C, 1]
+    b_last = bk[..., -1:, :]
+    q_in, k_out = decay_factor(bk), decay_factor(b_last - bk)
+    chunk_decay = decay_factor(b_last).transpose(-1, -2)
+    transfer, carry = _transfer(b[..., -1])
+    return [_SegmentGates(*parts) for parts in zip(b, q_in, k_out, chunk_decay, transfer, carry)]
+
+
+def _per_token_factors(log_alpha: Tensor) -> Tensor:
+    """`decay_factor` of ``log_alpha [B, T, H, dk]``, once per token; a decay constant in
+    time (expanded over T, stride 0: the Vandermonde mixer's nodes) is exponentiated once."""
+    if log_alpha.shape[1] > 1 and log_alpha.stride(1) == 0:
+        return decay_factor(log_alpha[:, :1]).expand_as(log_alpha)
+    return decay_factor(log_alpha)
+
+
+def _intra_scores(q: Tensor, k: Tensor, b: Tensor | None, ws: Workspace) -> Tensor:
+    """`decayed_scores` (inclusive) of chunk rows ``[S, C, d]``, b ``[S, C]`` (per head) or
+    None: ``(q k^T) * exp(clamp(b_t - b_s, floor, 0))``, then the upper triangle zeroed.
+
+    The clamp at 0 only touches ``s > t`` (``b`` does not increase), so every exponential
+    stays of a non-positive number and none is of ``-inf`` (slow on CPU).
+    """
+    s, c = q.shape[:2]
+    scores = torch.bmm(q, k.transpose(1, 2), out=ws.buf("scores", (s, c, c), q))
+    if b is not None:
+        decay = torch.sub(b.unsqueeze(-1), b.unsqueeze(-2), out=ws.buf("decay", (s, c, c), q))
+        decay = torch.clamp(decay, min=decay_floor(b.dtype), max=0.0, out=ws.same(decay))
+        decay = torch.exp(decay, out=ws.same(decay))
+        scores = torch.mul(scores, decay, out=ws.same(scores))
+    return torch.tril(scores, out=ws.same(scores))
+
+
+def _chunk_starts(
+    state: Tensor, writes: Tensor, gates: _SegmentGates, ws: Workspace
+) -> tuple[Tensor, Tensor]:
+    """``S_{n+1} = a_n S_n + U_n`` over the chunks of a segment.
+
+    state ``[BH, dk, dv]``; writes U ``[BH, G, dk, dv]``. Returns the start states
+    ``[BH, G, dk, dv]`` and the state after the segment. With a transfer matrix (decay
+    per head, or none) the start states are one batched product
+    ``carry * S + transfer @ U``; per key channel, a loop over the chunks.
+    """
+    bh, n, dk, dv = writes.shape
+    starts = ws.buf("starts", (bh, n, dk, dv), writes)
+    if gates.transfer is None:
+        return _chunk_starts_loop(state, writes, gates.chunk, starts)
+    flat_in = state.reshape(bh, 1, dk * dv)
+    flat_starts = None if starts is None else starts.view(bh, n, dk * dv)
+    if gates.carry is None:
+        kept = flat_in.expand(bh, n, dk * dv)
+    else:
+        kept = torch.mul(gates.carry, flat_in, out=flat_starts)
+    flat = torch.baddbmm(kept, gates.transfer, writes.view(bh, n, dk * dv), out=flat_starts)
+    last = flat[:, -1].view(bh, dk, dv)
+    end = ws.buf("end", (bh, dk, dv), writes)
+    if gates.chunk is None:
+        state = torch.add(writes[:, -1], last, out=end)
+    else:
+        state = torch.addcmul(writes[:, -1], last, gates.chunk[:, -1], out=end)
+    return flat.view(bh, n, dk, dv), state
+
+
+def _chunk_starts_loop(
+    state: Tensor, writes: Tensor, chunk_decay: Tensor | None, starts: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """`_chunk_starts` one chunk at a time; ``starts`` the buffer for the start states
+    (None: allocated). (``unbind``, not indexing: the backward of G index operations
+    would materialise G full-size zero gradients.)"""
+    n = writes.shape[1]
+    targets: list[Tensor | None] = [None] * n
+    if starts is not None:
+        targets = list(starts.unbind(1))
+        state = starts[:, 0].copy_(state)
+    decays = [None] * n if chunk_decay is None else chunk_decay.unbind(1)
+    states = [state]
+    for j, (u_j, a_j) in enumerate(zip(writes.unbind(1), decays)):
+        out = targets[j + 1] if j + 1 < n else None
+        prev = states[-1]
+        states.append(
+            torch.add(u_j, prev, out=out) if a_j is None else torch.addcmul(u_j, prev, a_j, out=out)
+        )
+    return (torch.stack(states[:-1], dim=1) if starts is None else starts), states[-1]
+
+
+def _matrix_segment(
+    q: Tensor, k: Tensor, v: Tensor, gates: _SegmentGates, state: Tensor, ws: Workspace
+) -> tuple[Tensor, Tensor]:
+    """One segment of chunk rows ``[BH G, C, d]`` (q scaled, k times lr), state
+    ``[BH, dk, dv]``. Returns ``o [BH G, C, dv]`` and the state after the segment."""
+    s, c, dk = q.shape
+    bh, dv = state.shape[0], v.shape[-1]
+    q_factor, k_factor = gates.q_in, gates.k_out
+    if gates.alpha is not None:  # per key channel: scores and factors in one recursion
+        per_channel = channel_scores(q, k, gates.alpha, ws)
+        scores, q_factor, k_factor = per_channel.scores, per_channel.q_in, per_channel.k_out
+        gates = gates._replace(chunk=per_channel.chunk.view(bh, -1, dk, 1))
+    else:
+        scores = _intra_scores(q, k, gates.b, ws)
+    q_in, k_out = q, k
+    if q_factor is not None and k_factor is not None:
+        q_in = torch.mul(q, q_factor, out=ws.buf("q_in", (s, c, dk), q))
+        k_out = torch.mul(k, k_factor, out=ws.buf("k_out", (s, c, dk), k))
+    writes = torch.bmm(k_out.transpose(1, 2), v, out=ws.buf("writes", (s, dk, dv), v))
+    starts, state = _chunk_starts(state, writes.view(bh, -1, dk, dv), gates, ws)
+    o = torch.bmm(q_in, starts.view(s, dk, dv), out=ws.buf("o", (s, c, dv), v))
+    return torch.baddbmm(o, scores, v, out=ws.same(o)), state
