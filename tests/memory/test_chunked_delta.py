@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from long_decay import LONG, check_long_sequence_stable, stable_inputs
 from torch import Tensor
 
 import archdsl.memory.chunked_delta as chunked_delta_module
@@ -240,26 +241,6 @@ def test_docstring_example() -> None:
 # Stability: strong decays over long sequences, in float32
 # ---------------------------------------------------------------------------------------
 
-LONG = 16384
-
-
-def stable_inputs(log_alpha: float, per: str, t_len: int) -> dict[str, Tensor]:
-    gen = torch.Generator().manual_seed(7)
-    shape = (1, t_len, 1, 16) if per == "channel" else (1, t_len, 1)
-    if per == "channel":
-        decay = log_alpha * (0.5 + 0.5 * torch.rand(*shape, generator=gen, dtype=F64))
-    else:
-        decay = torch.full(shape, log_alpha, dtype=F64)
-    return {
-        "q": torch.randn(1, t_len, 1, 16, generator=gen, dtype=F64),
-        "k": torch.nn.functional.normalize(
-            torch.randn(1, t_len, 1, 16, generator=gen, dtype=F64), dim=-1
-        ),
-        "v": torch.randn(1, t_len, 1, 16, generator=gen, dtype=F64),
-        "lr": torch.rand(1, t_len, 1, generator=gen, dtype=F64),
-        "decay": decay,
-    }
-
 
 def run_chunked(x: dict[str, Tensor], dtype: torch.dtype) -> Tensor:
     y = {n: t.to(dtype) for n, t in x.items()}
@@ -267,21 +248,12 @@ def run_chunked(x: dict[str, Tensor], dtype: torch.dtype) -> Tensor:
     return o
 
 
+def run_loop(x: dict[str, Tensor]) -> Tensor:
+    return naive_delta_rule(x["q"], x["k"], x["v"], x["lr"], x["decay"], 16**-0.5)[0]
+
+
 @pytest.mark.parametrize("log_alpha", [-5.0, -20.0])
 @pytest.mark.parametrize("per", ["head", "channel"])
 def test_long_sequence_with_strong_decay_is_stable(log_alpha: float, per: str) -> None:
-    x = stable_inputs(log_alpha, per, LONG)
-    o = run_chunked(x, torch.float32)
-    assert torch.isfinite(o).all()
-    head = {n: t[:, :2048] for n, t in x.items()}
-    torch.testing.assert_close(o[:, :2048].double(), run_chunked(head, F64), rtol=1e-4, atol=1e-4)
-    # after ~14000 strong decays: equal to a fresh float64 start 256 tokens earlier
-    tail = {n: t[:, -2048 - 256 :] for n, t in x.items()}
-    torch.testing.assert_close(
-        o[:, -2048:].double(), run_chunked(tail, F64)[:, 256:], rtol=1e-4, atol=1e-4
-    )
-    short = {n: t[:, :512] for n, t in x.items()}
-    o_loop, _ = naive_delta_rule(
-        short["q"], short["k"], short["v"], short["lr"], short["decay"], 16**-0.5
-    )
-    torch.testing.assert_close(o[:, :512].double(), o_loop, rtol=1e-4, atol=1e-4)
+    x = stable_inputs(log_alpha, per, LONG, unit_keys=True)
+    check_long_sequence_stable(x, run_chunked, run_loop)
