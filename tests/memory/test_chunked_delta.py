@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 import torch
-from long_decay import LONG, check_long_sequence_stable, stable_inputs
+from chunked_checks import (
+    LONG,
+    check_long_sequence_stable,
+    check_split_and_continue,
+    stable_inputs,
+)
 from torch import Tensor
 
 import archdsl.memory.chunked_delta as chunked_delta_module
@@ -189,26 +194,7 @@ def test_split_and_continue(learner: str) -> None:
     x = random_inputs(gen, "channel", "head")
     mem = make_memory(learner, 2)
 
-    def run(lo: int, hi: int, state: MemoryState | None) -> tuple[Tensor, MemoryState | None]:
-        sl = {n: (t[:, lo:hi] if t is not None else None) for n, t in x.items()}
-        return chunked_delta_rule(
-            mem,
-            sl["q"],
-            sl["k"],
-            sl["v"],
-            lr=sl["lr"],
-            decay=sl["decay"],
-            initial_state=state,
-            output_final_state=True,
-            chunk=8,
-        )
-
-    full, full_state = run(0, T, None)
-    first, mid_state = run(0, 19, None)
-    second, end_state = run(19, T, mid_state)
-    assert full_state is not None and end_state is not None
-    torch.testing.assert_close(torch.cat([first, second], dim=1), full, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(end_state.weights[0], full_state.weights[0])
+    check_split_and_continue(chunked_delta_rule, mem, x, 19)
 
 
 def test_plain_tensor_initial_state() -> None:

@@ -11,7 +11,12 @@ import math
 
 import pytest
 import torch
-from long_decay import LONG, check_long_sequence_stable, stable_inputs
+from chunked_checks import (
+    LONG,
+    check_long_sequence_stable,
+    check_split_and_continue,
+    stable_inputs,
+)
 from torch import Tensor
 
 import archdsl.memory.chunked_linear as chunked_linear_module
@@ -232,26 +237,7 @@ def test_split_and_continue(structure: str) -> None:
     x = random_inputs(gen, "channel", "head", structure == "vector")
     mem = make_memory(structure)
 
-    def run(lo: int, hi: int, state: MemoryState | None) -> tuple[Tensor, MemoryState | None]:
-        sl = {n: (t[:, lo:hi] if t is not None else None) for n, t in x.items()}
-        return chunked_gated_linear(
-            mem,
-            sl["q"],
-            sl["k"],
-            sl["v"],
-            lr=sl["lr"],
-            decay=sl["decay"],
-            initial_state=state,
-            output_final_state=True,
-            chunk=8,
-        )
-
-    full, full_state = run(0, T, None)
-    first, mid_state = run(0, 20, None)
-    second, end_state = run(20, T, mid_state)
-    assert full_state is not None and end_state is not None
-    torch.testing.assert_close(torch.cat([first, second], dim=1), full, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(end_state.weights[0], full_state.weights[0])
+    check_split_and_continue(chunked_gated_linear, mem, x, 20)
 
 
 def test_tie_key_writes_one_minus_alpha() -> None:

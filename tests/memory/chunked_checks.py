@@ -1,17 +1,54 @@
-"""Shared check for the chunked matrix memories: strong decays over a long sequence in
-float32 stay finite and agree with float64 at both ends and with the token loop."""
+"""Checks shared by the chunked matrix memories' tests: split-and-continue through the
+carried state, and strong decays over a long sequence in float32 (finite, and equal to
+float64 at both ends and to the token loop)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from archdsl.ir.memory import Memory
+from archdsl.memory.state import MemoryState
 
 F64 = torch.float64
 LONG = 16384
 
 Inputs = dict[str, Tensor]
+
+
+def check_split_and_continue(
+    core: Callable[..., tuple[Tensor, MemoryState | None]],
+    mem: Memory,
+    x: dict[str, Any],
+    split: int,
+) -> None:
+    """Two calls (``:split``, then ``split:`` from the carried state) equal one full call
+    of ``core(mem, q, k, v, lr=, decay=, ...)`` (outputs and final state)."""
+    length = x["q"].shape[1]
+
+    def run(lo: int, hi: int, state: MemoryState | None) -> tuple[Tensor, MemoryState | None]:
+        sl = {n: (t[:, lo:hi] if t is not None else None) for n, t in x.items()}
+        return core(
+            mem,
+            sl["q"],
+            sl["k"],
+            sl["v"],
+            lr=sl["lr"],
+            decay=sl["decay"],
+            initial_state=state,
+            output_final_state=True,
+            chunk=8,
+        )
+
+    full, full_state = run(0, length, None)
+    first, mid_state = run(0, split, None)
+    second, end_state = run(split, length, mid_state)
+    assert full_state is not None and end_state is not None
+    torch.testing.assert_close(torch.cat([first, second], dim=1), full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(end_state.weights[0], full_state.weights[0])
 
 
 def stable_inputs(log_alpha: float, per: str, t_len: int, unit_keys: bool) -> Inputs:
