@@ -13,6 +13,8 @@ from typing import Literal
 from archdsl.frontend.schema import REQUIRED, Opt, Schema
 
 ACTS = ("gelu", "silu", "relu", "tanh", "identity")
+# Block MLPs also take squared ReLU (Primer, RWKV's channel mix).
+MLP_ACTS = (*ACTS, "relu2")
 
 # ---------------------------------------------------------------- memories (Miras)
 
@@ -246,7 +248,7 @@ BLOCK_OPS: dict[str, BlockOp] = {
             "channel_mixer",
             {
                 "expand": Opt("float", 4.0, min=0, min_exclusive=True),
-                "act": Opt("choice", "gelu", ACTS),
+                "act": Opt("choice", "gelu", MLP_ACTS),
             },
         ),
         _op("swiglu", "channel_mixer", {"expand": Opt("float", 8 / 3, min=0, min_exclusive=True)}),

@@ -64,6 +64,8 @@ GATE_SCHEMA = {
         {
             "per": Opt("choice", "head", ("head", "channel")),
             "init": Opt("float", None, nullable=True),
+            # the parameter is the pre-activation; `init` is the gate's value after it
+            "act": Opt("choice", None, ("sigmoid", "softplus", "logsigmoid"), nullable=True),
         },
     ),
 }
@@ -222,7 +224,7 @@ def convert_gate(
             act: Any = values["act"] or GATE_DEFAULT_ACT.get(role, "sigmoid")
             return Gate(mode="data", per=values["per"], rank=values["rank"], act=act, loc=expr.loc)
         init = values["init"] if values["init"] is not None else GATE_DEFAULT_INIT.get(role, 0.5)
-        return Gate(mode="learned", per=values["per"], value=init, loc=expr.loc)
+        return Gate(mode="learned", per=values["per"], value=init, act=values["act"], loc=expr.loc)
     if isinstance(expr, Call):
         raise ArchError(
             f"bad gate `{expr.func}(...)` for `{option}` in {what}",

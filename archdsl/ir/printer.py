@@ -101,7 +101,7 @@ def print_gate(gate: Gate) -> str:
     if gate.mode == "data":
         return _options("data", per=gate.per, rank=gate.rank, act=gate.act)
     if gate.mode == "learned":
-        return _options("learned", per=gate.per, init=gate.value)
+        return _options("learned", per=gate.per, init=gate.value, act=gate.act)
     if gate.formula is not None:
         return print_expr(gate.formula)
     return _value(gate.value)

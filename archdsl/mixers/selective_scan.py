@@ -13,11 +13,12 @@ does. Each channel's matrix is ``m_ij = sum_n c_in b_jn dt_j exp(a_n (dt_{j+1} +
 
 Fast path: a chunk-parallel recurrence. Time is cut into chunks of ``C`` tokens; one
 Python loop over the ``C`` positions of a chunk runs the recurrence in *every chunk of a
-group at once* (from a zero state; groups of chunks whose states fit in cache), a loop over the ``T / C`` chunks carries the states between
-chunks (a chunk's total decay is ``exp(a * sum dt)``, closed form), and a last loop over
-positions adds each chunk's start state, decayed by ``exp(a * cumsum dt)``, to the
-outputs. That is ``2 C + T / C`` small Python steps instead of ``T``, and the same
-O(T H P N) elementwise work as the token loop. (Why not the per-key-channel chunked scan
+group at once* (from a zero state; groups of chunks whose states fit in cache), a loop
+over the ``T / C`` chunks carries the states between chunks (a chunk's total decay is
+``exp(a * sum dt)``, closed form), and a last loop over positions adds each chunk's start
+state, decayed by ``exp(a * cumsum dt)``, to the outputs. That is ``2 C + T / C`` small
+Python steps per group instead of ``T``, and the same O(T H P N) elementwise work as the
+token loop. (Why not the per-key-channel chunked scan
 of `chunked_ssd` with one "head" per channel and value width 1: its intra-chunk scores
 cost O(C) more work per token and it ran 20-60x slower than even a plain token loop at
 B=1, H=4, P=64, N=16..64 on CPU; see `bench/bench_mixers.py`.)
