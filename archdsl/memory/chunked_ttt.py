@@ -28,6 +28,11 @@ silu' fused in one autograd node), so every "minus a sum of gradients" is an add
 product (baddbmm); per-head scalar coefficients are applied to the narrower factor of
 each product.
 
+The 2-layer mlp memory with the l2 bias (Titans' LMM, TTT-MLP), retention none / decay, gd /
+momentum, b > 1, in a call that starts at a mini-batch boundary, runs the same formulas as
+one autograd node with a hand-written backward (`chunked_ttt_mlp`, `chunked_ttt_mlp_step`):
+the chunk steps record no autograd graph (otherwise a few hundred small nodes per chunk).
+
 Token by token instead (the reference loop with the hand-written gradients of
 `inner_grad`): elastic retention (a soft threshold every token), steps(n), and the vector
 memory. b = 1 with momentum (Titans with b = 1) degenerates to one-token segments.
@@ -46,6 +51,7 @@ from archdsl.memory.chunked_ttt_coef import (
     segment_inputs,
     segsum_exp,
 )
+from archdsl.memory.chunked_ttt_mlp import fused_mlp_applies, run_fused_mlp
 from archdsl.memory.chunked_ttt_silu import negated_key_backward, silu_and_grad
 from archdsl.memory.inner import activation, kl_log_project, lq_normalise, memory_forward
 from archdsl.memory.inner import output_norm as _norm
@@ -79,6 +85,8 @@ def chunked_minibatch_ttt(
     carry = initial_carry(mem, initial_state, x.q, x.v)
     if runs_token_by_token(mem):
         o = run_token_loop(mem, x, carry, _hand_grad_fn(mem))
+    elif fused_mlp_applies(mem, carry):
+        o = run_fused_mlp(mem, x, carry)
     else:
         o = _run_segments(mem, _Heads.of(x), carry)
     return o, final_state(carry) if output_final_state else None

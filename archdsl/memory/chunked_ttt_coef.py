@@ -34,7 +34,8 @@ def segsum_exp(log_x: Tensor) -> Tensor:
     strict = torch.tril(ones, diagonal=-1).unsqueeze(-1)  # m > j
     summed = torch.cumsum(rep.masked_fill(~strict, 0.0), dim=-3)  # [..., t, j, c]
     lower = torch.tril(ones).unsqueeze(-1)
-    return torch.exp(summed.masked_fill(~lower, float("-inf")))
+    # in place on the fresh cumsum (its backward does not read it): two fewer large buffers
+    return summed.masked_fill_(~lower, float("-inf")).exp_()
 
 
 @dataclass

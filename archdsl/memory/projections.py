@@ -12,10 +12,12 @@ Conventions shared with `archdsl.memory.layer`:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from archdsl.ir.memory import Gate
 
@@ -49,9 +51,42 @@ class CausalShortConv(nn.Module):
     def forward(self, x: Tensor, cache: Tensor) -> tuple[Tensor, Tensor]:
         """``x`` ``[B, T, C]``, ``cache`` ``[B, kernel - 1, C]`` -> (y ``[B, T, C]``, new cache)."""
         full = torch.cat([cache, x], dim=1)
-        y = F.conv1d(full.transpose(1, 2), self.weight.unsqueeze(1), groups=self.channels)
+        y = ShiftedDepthwiseConv.apply(full, self.weight)
         new_cache = full[:, full.shape[1] - (self.kernel - 1) :]
-        return y.transpose(1, 2), new_cache
+        return y, new_cache
+
+
+class ShiftedDepthwiseConv(torch.autograd.Function):
+    """``y[:, t] = sum_j weight[:, j] * full[:, t + j]``: a valid depthwise convolution over
+    time, channels last. full ``[B, T + K - 1, C]``, weight ``[C, K]`` -> y ``[B, T, C]``
+    (contiguous).
+
+    K shifted multiply-adds over contiguous time slices, forward and backward: for the
+    short kernels of memory layers this is several times faster on CPU than a grouped
+    ``conv1d`` (whose depthwise backward is slow) and keeps the channels-last layout."""
+
+    @staticmethod
+    def forward(ctx: Any, full: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+        taps = weight.t().contiguous()  # [K, C]: each tap contiguous over channels
+        length = full.shape[1] - taps.shape[0] + 1
+        y = full[:, :length] * taps[0]
+        for j in range(1, taps.shape[0]):
+            y.addcmul_(full[:, j : j + length], taps[j])
+        ctx.save_for_backward(full, taps)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        full, taps = ctx.saved_tensors
+        length = g.shape[1]
+        g_full = torch.zeros_like(full)
+        prod = torch.empty_like(g)  # one product buffer for all taps (stays in cache)
+        g_taps = []
+        for j in range(taps.shape[0]):
+            g_full[:, j : j + length].addcmul_(g, taps[j])
+            g_taps.append(torch.mul(g, full[:, j : j + length], out=prod).sum((0, 1)))
+        return g_full, torch.stack(g_taps, dim=1)
 
 
 class GateProjection(nn.Module):
