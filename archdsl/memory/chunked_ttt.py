@@ -53,6 +53,7 @@ from archdsl.memory.chunked_ttt_coef import (
 )
 from archdsl.memory.chunked_ttt_mlp import fused_mlp_applies, run_fused_mlp
 from archdsl.memory.chunked_ttt_silu import negated_key_backward, silu_and_grad
+from archdsl.memory.decayed_scores import floored_log
 from archdsl.memory.inner import activation, kl_log_project, lq_normalise, memory_forward
 from archdsl.memory.inner import output_norm as _norm
 from archdsl.memory.inner_grad import Factors, token_gradients
@@ -118,7 +119,7 @@ class _Heads:
         self.q, self.k, self.v, self.lr = hm(x.q), hm(x.k), hm(x.v), hm(x.lr)
         zeros = torch.zeros_like(x.lr[..., :1])
         self.log_alpha = hm(x.log_alpha if x.log_alpha is not None else zeros)
-        self.log_beta = hm(torch.log(x.momentum)) if x.momentum is not None else None
+        self.log_beta = hm(floored_log(x.momentum)) if x.momentum is not None else None
         self.delta = x.delta.transpose(1, 2)
 
     @classmethod

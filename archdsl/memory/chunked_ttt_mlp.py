@@ -34,6 +34,7 @@ from archdsl.memory.chunked_ttt_mlp_step import (
     chunk_backward,
     chunk_forward,
 )
+from archdsl.memory.decayed_scores import floored_log
 from archdsl.memory.inputs import MemoryInputs
 
 __all__ = ["MlpChunkScan", "fused_mlp_applies", "run_fused_mlp", "scan_chunks"]
@@ -193,7 +194,7 @@ def _scan(mem: Memory, x: MemoryInputs, carry: Carry, start: int, stop: int, n: 
     lr = chunk_major(x.lr)
     if log_alpha is None:
         log_alpha = torch.zeros_like(lr)
-    log_beta = chunk_major(torch.log(x.momentum)) if x.momentum is not None else None
+    log_beta = chunk_major(floored_log(x.momentum)) if x.momentum is not None else None
     cf = coefficients(lr, log_alpha, log_beta)
     pm = cf.pm_end.unsqueeze(-1) if cf.pm_end is not None else None
 

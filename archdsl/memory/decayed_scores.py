@@ -65,6 +65,21 @@ def decay_factor(log_decay: Tensor) -> Tensor:
     return log_decay.clamp(min=decay_floor(log_decay.dtype)).exp()
 
 
+def floored_log(rate: Tensor) -> Tensor:
+    """``log(rate)`` of a factor in ``[0, 1]`` (a momentum beta), floored at `decay_floor`:
+    ``rate = 0`` gives a finite log (no ``-inf - -inf`` in differences of prefix sums, no
+    infinite gradient), and the floor is far below the precision it enters.
+
+    The floor is straight-through: the gradient reaches ``rate`` as if unfloored, so a
+    product ``exp(log rate + ...)`` differentiates to its true (finite) value at 0, where a
+    plain clamp would give 0."""
+    floor = decay_floor(rate.dtype)
+    if not math.isfinite(floor):
+        return torch.log(rate)
+    floored = rate + (rate.clamp(min=math.exp(floor)) - rate).detach()
+    return torch.log(floored)
+
+
 def causal_mask(c: int, strict: bool, device: torch.device) -> Tensor:
     """Boolean ``[C, C]``: True where ``s <= t`` (``s < t`` when ``strict``)."""
     return torch.ones(c, c, dtype=torch.bool, device=device).tril(-1 if strict else 0)
