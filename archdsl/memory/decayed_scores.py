@@ -160,9 +160,43 @@ class ChannelScores(NamedTuple):
 
 def channel_scores(x: Tensor, y: Tensor, alpha: Tensor, ws: Workspace) -> ChannelScores:
     """Per-channel `decayed_scores` (inclusive) of chunk rows ``x, y [S, C, d]`` from the
-    per-token decay factors ``alpha [S, C, d]`` (``exp(log alpha)``, floored), by recursive
-    halving with products of factors (see the module doc). ``alpha`` may also be
-    ``[..., C, d]`` with leading dims of product ``S`` (any strides).
+    per-token decay factors ``alpha [S, C, d]`` (``exp(log alpha)``, floored). ``alpha``
+    may also be ``[..., C, d]`` with leading dims of product ``S`` (any strides).
+
+    When no chunk decays below the floor in total (``exp(b_C) >= exp(decay_floor)`` for
+    every chunk and channel: the usual case), the scores are one matmul of
+    ``x exp(b)`` and ``y exp(-b)`` (`direct_channel_scores`): every ``exp(-b)`` is then at
+    most ``exp(-decay_floor)`` (float32: 4e10), far from overflow, and no factor would be
+    floored, so it is the halving's result up to rounding. Otherwise (strong decays)
+    `halving_channel_scores`.
+    """
+    s, c, d = x.shape
+    _check_power_of_two(c, "per-channel decay")  # whichever path the decays choose
+    prefix = torch.cumprod(alpha.reshape(s, c, d), dim=1, out=ws.buf("prefix", (s, c, d), x))
+    with torch.no_grad():
+        safe = bool(prefix[:, -1].min() >= math.exp(decay_floor(alpha.dtype)))
+    if safe:
+        return direct_channel_scores(x, y, prefix, ws)
+    return halving_channel_scores(x, y, alpha, ws)
+
+
+def direct_channel_scores(x: Tensor, y: Tensor, prefix: Tensor, ws: Workspace) -> ChannelScores:
+    """`channel_scores` from the prefix products ``prefix = exp(b) [S, C, d]`` when none is
+    below the floor: ``scores = tril((x exp(b)) (y exp(-b))^T)``."""
+    s, c, d = x.shape
+    total = prefix[:, -1:]
+    x_in = torch.mul(x, prefix, out=ws.buf("x_in", (s, c, d), x))
+    y_out = torch.div(y, prefix, out=ws.buf("y_out", (s, c, d), y))
+    scores = torch.bmm(x_in, y_out.transpose(1, 2), out=ws.buf("channel_scores", (s, c, c), x))
+    mask = causal_mask(c, strict=False, device=x.device)
+    scores = scores.masked_fill_(~mask, 0.0) if ws.enabled else scores.masked_fill(~mask, 0.0)
+    k_out = torch.div(total, prefix, out=ws.buf("post", (s, c, d), prefix))
+    return ChannelScores(scores, prefix, k_out, total[:, 0])
+
+
+def halving_channel_scores(x: Tensor, y: Tensor, alpha: Tensor, ws: Workspace) -> ChannelScores:
+    """`channel_scores` by recursive halving with products of factors (see the module
+    doc); valid at any decay strength.
 
     Level ``m`` merges blocks of ``m`` tokens pairwise. ``pre`` holds, for every token, the
     product of the factors from the start of its block up to itself (inclusive), ``post``
