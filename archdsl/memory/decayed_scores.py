@@ -93,6 +93,12 @@ def decayed_scores(x: Tensor, y: Tensor, b: Tensor | None, strict: bool) -> Tens
     """
     mask = causal_mask(x.shape[-2], strict, x.device)
     if b is not None and b.dim() == x.dim():
+        _check_power_of_two(x.shape[-2], "per-channel decay")
+        with torch.no_grad():
+            safe = bool(b.min() >= decay_floor(b.dtype))
+        if safe:  # as in `channel_scores`: exp(-b) <= exp(-floor), nothing floored
+            scores = (x * b.exp()) @ (y * (-b).exp()).transpose(-1, -2)
+            return scores.masked_fill(~mask, 0.0)
         return _channel_decayed_scores(x, y, b, strict)
     scores = x @ y.transpose(-1, -2)
     if b is None:
