@@ -66,7 +66,8 @@ def fft_conv(x: Tensor, taps: Tensor, *, causal: bool) -> Tensor:
     out_dtype = x.dtype
     dtype = torch.promote_types(x.dtype, taps.dtype)
     x, taps = x.to(dtype), taps.to(dtype)
-    batch, length, heads, width = x.shape
+    _, length, heads, width = x.shape
+    batch = max(x.shape[0], taps.shape[0])  # either may be a broadcast batch of 1
     n_fft = fast_fft_size(2 * length - 1)
     spectra = torch.fft.rfft(taps, n=n_fft)  # [B|1, H, F]
     offset = 0 if causal else length - 1  # full conv index of output i is i + (T - 1)
@@ -75,9 +76,9 @@ def fft_conv(x: Tensor, taps: Tensor, *, causal: bool) -> Tensor:
     for b in range(batch):
         pieces = []
         for h in range(heads):
-            spectrum = spectra[b if spectra.shape[0] > 1 else 0, h].unsqueeze(-1)  # [F, 1]
+            spectrum = spectra[min(b, spectra.shape[0] - 1), h].unsqueeze(-1)  # [F, 1]
             for d0 in range(0, width, group):
-                block = x[b, :, h, d0 : d0 + group]  # [T, g]
+                block = x[min(b, x.shape[0] - 1), :, h, d0 : d0 + group]  # [T, g]
                 y = _convolve_block(block, spectrum, n_fft)
                 pieces.append(y[offset : offset + length])
         rows.append(torch.cat(pieces, dim=-1).view(length, heads, width))

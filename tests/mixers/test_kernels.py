@@ -18,7 +18,7 @@ from mixer_cases import s4_params
 
 from archdsl.mixers.cauchy import s4_kernel_direct, s4_kernels
 from archdsl.mixers.filters import S4DParams, S4Params
-from archdsl.mixers.toeplitz import fast_fft_size
+from archdsl.mixers.toeplitz import FFT_GROUP, fast_fft_size, fft_conv
 from archdsl.mixers.vandermonde import s4d_kernels
 
 F64 = torch.float64
@@ -35,6 +35,21 @@ def test_fast_fft_size_is_the_next_5_smooth_number() -> None:
     for n in range(1, 2500):
         want = next(m for m in range(n, 2 * n + 2) if _is_smooth(m))
         assert fast_fft_size(n) == want, n
+
+
+def test_fft_conv_broadcasts_batches_and_spans_channel_groups() -> None:
+    """Per-sequence taps against one input (and the reverse), more channels than one FFT
+    group: every output equals the direct causal sum over lags."""
+    gen = torch.Generator().manual_seed(3)
+    t, h, d = 21, 2, FFT_GROUP + 3
+    x = torch.randn(1, t, h, d, generator=gen, dtype=torch.float64)
+    taps = torch.randn(3, h, t, generator=gen, dtype=torch.float64)
+    shifted = [torch.nn.functional.pad(x, (0, 0, 0, 0, lag, 0))[:, :t] for lag in range(t)]
+    want = sum(taps[:, :, lag, None].unsqueeze(1) * shifted[lag] for lag in range(t))
+    torch.testing.assert_close(fft_conv(x, taps, causal=True), want)
+    torch.testing.assert_close(
+        fft_conv(x.expand(3, -1, -1, -1), taps[:1], causal=True), want[:1].expand(3, -1, -1, -1)
+    )
 
 
 def test_blocked_vandermonde_kernels_match_lag_by_lag_sums() -> None:
