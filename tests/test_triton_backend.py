@@ -31,7 +31,10 @@ def _pair(spec: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     return fast, tri
 
 
-@pytest.mark.parametrize("spec", ["transformer.arch", "gla.arch", "retnet.arch", "titans_mal.arch"])
+@pytest.mark.parametrize(
+    "spec",
+    ["transformer.arch", "gla.arch", "retnet.arch", "titans_mal.arch", "linear_attention.arch"],
+)
 def test_triton_backend_matches_torch(spec: str) -> None:
     fast, tri = _pair(spec)
     ids = torch.randint(0, 20, (2, 37))
