@@ -122,6 +122,7 @@ FEATURES = Schema(
         "out_gate": Opt("choice", "none", ("none", "sigmoid", "silu")),
         "scale": Opt("float", None, min=0, min_exclusive=True, nullable=True),
         "normalizer": Opt("bool", False),
+        "persistent": Opt("int", 0, min=0, max=4096),
     },
 )
 

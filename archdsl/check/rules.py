@@ -368,6 +368,16 @@ def _segment_call(arch: Arch, block: Block, call: Call) -> list[Diagnostic]:
                     "segments must end on mini-batch boundaries",
                 )
             ]
+        if mem.features.persistent % mem.batch:
+            return [
+                Diagnostic(
+                    f"memory `{mem.name}`'s {mem.features.persistent} persistent tokens "
+                    f"shift its mini-batches (batch {mem.batch}) off the segment boundaries "
+                    "that `recall` reads at",
+                    call.loc,
+                    "drop the memory's `persistent`, or make it a multiple of its batch",
+                )
+            ]
         return []
     m = arch.mixer(call.func)
     if m is None or len(call.args) < 2:

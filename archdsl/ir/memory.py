@@ -107,7 +107,9 @@ class Features(IRNode):
     and ``out_gate`` before the output projection; ``scale`` on q (None: dk^-1/2 for
     vector/matrix memories, 1 for mlp memories); ``normalizer``: divide each head's read
     by the same memory's read of a constant value 1 (Katharopoulos' denominator
-    ``q_t . z_t``, ``z_t`` the keys written so far, with the memory's own decay and rates).
+    ``q_t . z_t``, ``z_t`` the keys written so far, with the memory's own decay and rates);
+    ``persistent``: learned, input-independent tokens the memory processes before every
+    sequence (Titans MAG / MAL: ``M([p | x])``, the outputs of ``p`` dropped).
     """
 
     conv: int = 0
@@ -120,6 +122,7 @@ class Features(IRNode):
     out_gate: Literal["none", "sigmoid", "silu"] = "none"
     scale: float | None = None
     normalizer: bool = False
+    persistent: int = 0
 
 
 class Memory(IRNode):

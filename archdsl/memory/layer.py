@@ -189,16 +189,27 @@ class MemoryLayer(nn.Module):
             nn.init.xavier_uniform_(self.g_proj.weight)
         self.o_proj = nn.Linear(self.heads * self.dv, d_model, bias=False)
         nn.init.xavier_uniform_(self.o_proj.weight)
+        self.persistent: nn.Parameter | None = None
+        if feats.persistent:
+            tokens = torch.randn(feats.persistent, d_model) * d_model**-0.5
+            self.persistent = nn.Parameter(tokens)
 
     # ----------------------------------------------------------------------------- state
     def _convs(self) -> list[CausalShortConv]:
         return [c for c in (self.q_conv, self.k_conv, self.v_conv) if c is not None]
 
     def initial_state(self, batch_size: int) -> LayerState:
-        """The state before the first token: zero (or W0) memory, zero conv caches."""
+        """The state before the first token: zero (or W0) memory, zero conv caches; with
+        ``features.persistent``, the state after the persistent tokens (input-independent,
+        so every sequence starts from it: the memory computes ``M([p | x])``)."""
         like = self.q_proj.weight
         caches = tuple(c.empty_cache(batch_size, like) for c in self._convs())
-        return LayerState(self._initial_memory(batch_size), caches, None)
+        empty = LayerState(self._initial_memory(batch_size), caches, None)
+        if self.persistent is None:
+            return empty
+        prefix = self.persistent.unsqueeze(0).expand(batch_size, -1, -1)
+        _, state = self.forward(prefix, empty, return_state=True)
+        return state
 
     def _initial_memory(self, batch_size: int) -> MemoryState:
         like = self.q_proj.weight
