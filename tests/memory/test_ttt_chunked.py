@@ -10,21 +10,19 @@ from test_reference_helpers import DT, make_memory, rand
 from test_ttt_helpers import (
     BIASES,
     MLP,
-    TOL,
     B,
     D,
     H,
     T,
     arguments,
     build,
+    check_split_matches_reference,
     compare,
     initial,
     unit_keys,
 )
-from torch import Tensor
 
-from archdsl.memory.chunked_ttt import chunked_minibatch_ttt, segsum_exp
-from archdsl.memory.reference import memory_reference
+from archdsl.memory.chunked_ttt import segsum_exp
 
 
 @pytest.mark.parametrize("bias", list(BIASES))
@@ -69,27 +67,7 @@ def test_split_and_continue(cut: int, retention: str) -> None:
     mem = build("mlp", retention, "momentum", 4)
     torch.manual_seed(1)
     q, k, v = rand(B, T, H, D), unit_keys(rand(B, T, H, D)), rand(B, T, H, D)
-    kw = arguments(mem)
-    st = initial(mem)
-    o_all, s_all = memory_reference(mem, q, k, v, **kw, initial_state=st, output_final_state=True)  # type: ignore[arg-type]
-
-    def part(sl: slice) -> dict[str, object]:
-        return {n: x[:, sl] if isinstance(x, Tensor) else x for n, x in kw.items()}
-
-    a, b = slice(0, cut), slice(cut, T)
-    o1, s1 = chunked_minibatch_ttt(
-        mem, q[:, a], k[:, a], v[:, a], **part(a), initial_state=st, output_final_state=True
-    )  # type: ignore[arg-type]
-    o2, s2 = chunked_minibatch_ttt(
-        mem, q[:, b], k[:, b], v[:, b], **part(b), initial_state=s1, output_final_state=True
-    )  # type: ignore[arg-type]
-    torch.testing.assert_close(torch.cat([o1, o2], 1), o_all, **TOL)
-    assert s_all is not None and s2 is not None
-    for x, y in zip(
-        s2.weights + (s2.momentum or ()) + s2.extra,
-        s_all.weights + (s_all.momentum or ()) + s_all.extra,
-    ):
-        torch.testing.assert_close(x, y, **TOL)
+    check_split_matches_reference(mem, q, k, v, arguments(mem), initial(mem), cut)
 
 
 def test_segsum_exp_is_product_of_factors() -> None:

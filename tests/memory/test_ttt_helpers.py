@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from test_reference_helpers import DT, gates, make_memory, rand
 from torch import Tensor
@@ -103,3 +105,30 @@ def compare(mem: Memory, per_channel: bool = False, with_grads: bool = False) ->
     g_fast = torch.autograd.grad(scalar(o_fast, s_fast), leaves)
     for a, b in zip(g_fast, g_ref):
         torch.testing.assert_close(a, b, **TOL)
+
+
+def check_split_matches_reference(
+    mem: Memory, q: Tensor, k: Tensor, v: Tensor, kw: dict[str, Any], st: MemoryState, cut: int
+) -> None:
+    """Two chunked calls (``:cut``, then ``cut:`` from the carried state) equal one pass of
+    the reference: outputs and every final-state tensor (weights, momentum, extra)."""
+    length = q.shape[1]
+    o_all, s_all = memory_reference(mem, q, k, v, **kw, initial_state=st, output_final_state=True)
+
+    def part(sl: slice) -> dict[str, Any]:
+        return {n: x[:, sl] if isinstance(x, Tensor) else x for n, x in kw.items()}
+
+    a, b = slice(0, cut), slice(cut, length)
+    o1, s1 = chunked_minibatch_ttt(
+        mem, q[:, a], k[:, a], v[:, a], **part(a), initial_state=st, output_final_state=True
+    )
+    o2, s2 = chunked_minibatch_ttt(
+        mem, q[:, b], k[:, b], v[:, b], **part(b), initial_state=s1, output_final_state=True
+    )
+    torch.testing.assert_close(torch.cat([o1, o2], 1), o_all, **TOL)
+    assert s_all is not None and s2 is not None
+    for x, y in zip(
+        s2.weights + (s2.momentum or ()) + s2.extra,
+        s_all.weights + (s_all.momentum or ()) + s_all.extra,
+    ):
+        torch.testing.assert_close(x, y, **TOL)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_reference_helpers import DT, gates, make_memory, rand
+from test_ttt_helpers import check_split_matches_reference
 from torch import Tensor
 
 import archdsl
@@ -132,24 +133,7 @@ def test_split_mid_chunk_continues_exactly() -> None:
     torch.manual_seed(3)
     q, v = rand(B, t, H, D), rand(B, t, H, D)
     k = F.normalize(rand(B, t, H, D), dim=-1)
-    kw = call_arguments(mem, t)
-    st = start_state(mem)
-    o_all, s_all = memory_reference(mem, q, k, v, **kw, initial_state=st, output_final_state=True)  # type: ignore[arg-type]
-
-    def part(sl: slice) -> dict[str, Tensor]:
-        return {n: x[:, sl] for n, x in kw.items()}
-
-    a, b = slice(0, cut), slice(cut, t)
-    o1, s1 = chunked_minibatch_ttt(
-        mem, q[:, a], k[:, a], v[:, a], **part(a), initial_state=st, output_final_state=True
-    )  # type: ignore[arg-type]
-    o2, s2 = chunked_minibatch_ttt(
-        mem, q[:, b], k[:, b], v[:, b], **part(b), initial_state=s1, output_final_state=True
-    )  # type: ignore[arg-type]
-    torch.testing.assert_close(torch.cat([o1, o2], 1), o_all, **TOL)
-    assert s_all is not None and s2 is not None
-    for x, y in zip(s2.weights + (s2.momentum or ()), s_all.weights + (s_all.momentum or ())):
-        torch.testing.assert_close(x, y, **TOL)
+    check_split_matches_reference(mem, q, k, v, call_arguments(mem, t), start_state(mem), cut)
 
 
 def scan_inputs(momentum: bool, n_chunks: int = 2, g: int = 2, n: int = 3) -> list[Tensor | None]:
