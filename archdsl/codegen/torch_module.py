@@ -118,8 +118,13 @@ class _BlockEmitter:
             keep = f"outputs.append({args[0]})" if self.block.segment else f"return {args[0]}"
             self.body.append(f"{keep}{tag}")
             return
-        elif kind == "recall":
-            expr = f"self.mixer_{data['op']}.recall({args[0]}, state_{data['op']})"
+        elif kind == "recall":  # reads the state and advances its recall-stream caches
+            op = data["op"]
+            self.var[nid] = target
+            self.body.append(
+                f"{target}, state_{op} = self.mixer_{op}.recall({args[0]}, state_{op}){tag}"
+            )
+            return
         elif kind == "mixer" and data["op"] in self.stateful:
             op = data["op"]
             self.var[nid] = target

@@ -93,11 +93,14 @@ class LayerState(NamedTuple):
     ``conv``: caches of the q, k, v short convs (``[B, kernel - 1, C]``, pre-conv
       projections), in that order, only for the convs the layer has.
     ``pending``: core inputs of the partly filled mini-batch (b > 1), or None.
+    ``recall_conv``: the q conv's cache over the stream `MemoryLayer.recall` reads (Titans
+      MAC reads with the segments' inputs, not with what it writes), or None.
     """
 
     memory: MemoryState
     conv: tuple[Tensor, ...] = ()
     pending: CoreInputs | None = None
+    recall_conv: Tensor | None = None
 
 
 class MemoryLayer(nn.Module):
@@ -250,28 +253,31 @@ class MemoryLayer(nn.Module):
         if not return_state:
             return y
         assert memory is not None
-        return y, LayerState(memory, caches, pending)
+        return y, LayerState(memory, caches, pending, state.recall_conv)
 
-    def recall(self, x: Tensor, state: LayerState | None) -> Tensor:
-        """Read the memory as ``state`` holds it, without writing: ``M_W(scale q(x))``.
+    def recall(self, x: Tensor, state: LayerState | None) -> tuple[Tensor, LayerState]:
+        """Read the memory as ``state`` holds it, without writing: ``M_W(scale q(x))``;
+        returns the read and ``state`` with the recall stream's conv cache advanced.
 
         Titans MAC's retrieval ``h_t = M*_{t-1}(q_t)`` (`recall(memory, x)` in a segmented
-        block): q goes through this layer's projection, short conv (with an empty cache: no
-        history before the segment), activation and l2 norm; the read goes through the
-        same output norm, gate and projection as `forward`.
+        block): q goes through this layer's projection, short conv (over the recall stream:
+        its cache, ``state.recall_conv``, carries the previous segments' inputs), activation
+        and l2 norm; the read goes through the same output norm, gate and projection as
+        `forward`.
         """
         if state is None:
             state = self.initial_state(x.shape[0])
         bsz, length = x.shape[0], x.shape[1]
         z = self.q_proj(x)
+        cache = state.recall_conv
         if self.q_conv is not None:
-            z, _ = self.q_conv(z, self.q_conv.empty_cache(bsz, z))
+            z, cache = self.q_conv(z, self.q_conv.empty_cache(bsz, z) if cache is None else cache)
         q = feature_activation(self.mem.features.act, z).reshape(bsz, length, self.heads, self.dk)
         if self.mem.features.norm == "l2":
             q = l2_normalize(q)
         weights = tuple(w.unsqueeze(1) for w in state.memory.weights)
         o = memory_forward(self.mem.structure, weights, q * default_scale(self.mem, self.dk))
-        return self._output(o, x)
+        return self._output(o, x), state._replace(recall_conv=cache)
 
     def step(self, x_t: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
         """One token: ``x_t`` ``[B, d_model]`` -> (``y_t`` ``[B, d_model]``, next state)."""

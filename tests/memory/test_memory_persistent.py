@@ -1,7 +1,9 @@
-"""Persistent memory tokens (Titans MAG / MAL: the memory computes ``M([p | x])``): a
-layer with ``features.persistent = n`` equals the same layer without them run on the
-sequence with the learned tokens prepended, the first ``n`` outputs dropped; its
-``step`` and split calls continue from the same state."""
+"""Persistent memory tokens (Titans MAG / MAL: the memory computes ``M([p | x])``), and the
+recall stream's conv cache (Titans MAC).
+
+A layer with ``features.persistent = n`` equals the same layer without them run on the
+sequence with the learned tokens prepended, the first ``n`` outputs dropped; its ``step``
+and split calls continue from the same state."""
 
 from __future__ import annotations
 
@@ -68,3 +70,19 @@ def test_step_and_split_continue_after_the_tokens() -> None:
     assert isinstance(full, torch.Tensor) and isinstance(second, torch.Tensor)
     torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(torch.cat([first, second], dim=1), full, atol=1e-10, rtol=1e-10)
+
+
+def test_recall_conv_continues_across_segments() -> None:
+    """`recall` on two segments, carrying its state, reads what one recall over both reads
+    (the memory itself unchanged): the q conv sees the previous segment's tokens."""
+    _, plain = _pair()
+    assert plain.q_conv is not None
+    x = torch.randn(B, T, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        _, written = plain(torch.randn(B, 8, D_MODEL, dtype=torch.float64), return_state=True)  # type: ignore[misc]
+        whole, _ = plain.recall(x, written)
+        first, carried = plain.recall(x[:, :5], written)
+        second, _ = plain.recall(x[:, 5:], carried)
+        fresh, _ = plain.recall(x[:, 5:], written)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, atol=1e-10, rtol=1e-10)
+    assert not torch.allclose(fresh[:, :3], whole[:, 5:8])  # an empty cache would differ

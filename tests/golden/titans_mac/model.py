@@ -35,7 +35,7 @@ class Block_mac(nn.Module):
         outputs = []
         state_memory = None  # memory `memory` before the current segment
         for x_in, in zip(x_in.split(512, dim=1)):
-            h_1 = self.mixer_memory.recall(x_in, state_memory)  # specs/titans_mac.arch:16:7
+            h_1, state_memory = self.mixer_memory.recall(x_in, state_memory)  # specs/titans_mac.arch:16:7
             t2 = self.op2(x_in)  # specs/titans_mac.arch:17:17
             y_3 = self.mixer_core_attn(t2, h_1)  # specs/titans_mac.arch:17:7
             t4 = self.op4(y_3)  # specs/titans_mac.arch:18:18
