@@ -145,9 +145,10 @@ class MemoryLayer(nn.Module):
         self.gates = memory_gates(mem)
         self._build_features(d_model)
         deep = mem.structure.kind == "mlp"
+        # rates that are alpha's own step (Mamba2): decided once, used by every forward
+        self.tied = {role: shares_step(self.gates, role) for role in self.gates}
         for role, gate in self.gates.items():
-            tied = shares_step(self.gates, role)
-            add_gate_parameters(self, role, gate, d_model, heads, self.dk, deep, tied)
+            add_gate_parameters(self, role, gate, d_model, heads, self.dk, deep, self.tied[role])
         if deep:
             self._build_initial_weights()
         self._build_output(d_model)
@@ -289,7 +290,7 @@ class MemoryLayer(nn.Module):
         feats = self.mem.features
         bsz, length, h = x.shape[0], x.shape[1], self.heads
         gates = {
-            role: gate_values(self, role, g, x, h, shares_step(self.gates, role))
+            role: gate_values(self, role, g, x, h, self.tied[role])
             for role, g in self.gates.items()
         }
         cache_iter = iter(caches)

@@ -26,8 +26,6 @@ B=1, H=4, P=64, N=16..64 on CPU; see `bench/bench_mixers.py`.)
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -85,7 +83,7 @@ def selective_scan_chunked(
     chunk_size = auto_chunk(length) if chunk_size is None else chunk_size
     dtc, xc, bc, cc = (_position_major(t, chunk_size) for t in (dt, x, b, c))
     a_ = a.to(x.dtype)
-    groups = _chunk_groups(dtc.shape[2], math.prod(dtc.shape[1:2]) * a.numel())
+    groups = _chunk_groups(dtc.shape[2], dtc.shape[1] * a.numel())  # state per chunk: B H P N
     dtx = dtc * xc
     scans = [
         _scan_chunks_from_zero(dtc[:, :, g], dtx[:, :, g], bc[:, :, g], cc[:, :, g], a_)
