@@ -29,9 +29,12 @@ elementwise multiply-adds.
 Stability (log space). Every exponential is of a *non-positive* number: ``b_t``,
 ``b_C - b_s`` and ``b_t - b_s`` for ``s <= t`` (the decays are ``<= 0``). The intra-chunk
 decay matrix is clamped to ``<= 0`` above the diagonal *before* ``exp`` and zeroed there
-after, so no ``inf * 0`` appears. With one decay per key channel the intra-chunk scores
-come from `archdsl.memory.decayed_scores.channel_scores` (recursive halving, every factor
-a product of per-token factors ``alpha_t <= 1``, no exponential beyond ``alpha_t`` itself).
+after, so no ``inf * 0`` appears. The one exception: with one decay per head, segments
+whose chunks all decay by at least the floor (below) in total skip that matrix, and their
+scores are the one product ``(q exp(b)) (k exp(-b))^T``, with ``exp(-b) <= exp(-floor)``.
+With one decay per key channel the intra-chunk scores come from
+`archdsl.memory.decayed_scores.channel_scores` (recursive halving, every factor a product
+of per-token factors ``alpha_t <= 1``, no exponential beyond ``alpha_t`` itself).
 Decays must be finite (``alpha > 0``). Every factor is floored at
 ``exp(decay_floor(dtype))`` (float32: ~2.5e-11, far below its precision), which keeps the
 products of up to three factors that the chunked forms build out of the subnormal range,

@@ -103,7 +103,9 @@ class _SegmentGates(NamedTuple):
     ``[BH, G, 1]``, that of the state entering the segment, ``exp(sum_{j < g} b_C(j))``
     (None: all ones). Per key channel, only alpha ``[BH, G, C, dk]`` is given, the
     per-token factors ``exp(log alpha)`` from which `channel_scores` forms the rest, and
-    the recurrence is a loop over chunks.
+    the recurrence is a loop over chunks. k_in ``exp(-b)`` ``[BH, G, C, 1]``, given (per
+    head) when no chunk of the call decays below the floor: the scores are then direct
+    (`_direct_scores`).
     """
 
     b: Tensor | None
@@ -113,6 +115,7 @@ class _SegmentGates(NamedTuple):
     transfer: Tensor | None
     carry: Tensor | None
     alpha: Tensor | None = None
+    k_in: Tensor | None = None
 
     def first(self, g: int) -> _SegmentGates:
         """The first ``g`` chunks, with b / q_in / k_out flattened to ``[BH g, C, ...]``
@@ -135,6 +138,7 @@ class _SegmentGates(NamedTuple):
             transfer,
             take(self.carry, False),
             take(self.alpha, False),
+            take(self.k_in, True),
         )
 
 
@@ -191,7 +195,33 @@ def _gates_by_segment(
     q_in, k_out = decay_factor(bk), decay_factor(b_last - bk)
     chunk_decay = decay_factor(b_last).transpose(-1, -2)
     transfer, carry = _transfer(b[..., -1])
-    return [_SegmentGates(*parts) for parts in zip(b, q_in, k_out, chunk_decay, transfer, carry)]
+    direct = _direct_segments(b[..., -1])
+    k_in = torch.exp(-bk) if any(direct) else None
+    return [
+        _SegmentGates(
+            b[i],
+            q_in[i],
+            k_out[i],
+            chunk_decay[i],
+            transfer[i],
+            carry[i],
+            None,
+            k_in[i] if k_in is not None and direct[i] else None,
+        )
+        for i in range(segments)
+    ]
+
+
+def _direct_segments(chunk_log_decay: Tensor) -> list[bool]:
+    """For each segment (``chunk_log_decay [segments, BH, G]``, the chunks' totals),
+    whether all its chunks decay by at least `decay_floor` in total: then every ``b_t``
+    of those chunks is too (``b`` does not increase), ``exp(-b_t) <= exp(-floor)``
+    (float32: 4e10) is far from overflow, no factor ``exp(b_t - b_s)`` would be floored,
+    and the scores can be the direct product `_direct_scores`. One check per call (a
+    host sync on a GPU)."""
+    with torch.no_grad():
+        lowest = chunk_log_decay.flatten(1).amin(dim=1)
+        return (lowest >= decay_floor(chunk_log_decay.dtype)).tolist()
 
 
 def _per_token_factors(log_alpha: Tensor) -> Tensor:
@@ -216,6 +246,17 @@ def _intra_scores(q: Tensor, k: Tensor, b: Tensor | None, ws: Workspace) -> Tens
         decay = torch.clamp(decay, min=decay_floor(b.dtype), max=0.0, out=ws.same(decay))
         decay = torch.exp(decay, out=ws.same(decay))
         scores = torch.mul(scores, decay, out=ws.same(scores))
+    return torch.tril(scores, out=ws.same(scores))
+
+
+def _direct_scores(q_in: Tensor, k: Tensor, k_in: Tensor, ws: Workspace) -> Tensor:
+    """The scores of `_intra_scores` as one product when `_direct_scores_safe`:
+    ``tril((q exp(b)) (k exp(-b))^T)``, ``exp(b_t) exp(-b_s) = exp(b_t - b_s)`` up to
+    rounding. ``q_in = q exp(b)``, ``k_in = exp(-b)`` ``[S, C, 1]``. No ``[S, C, C]``
+    decay matrix and no exponential per score."""
+    s, c, dk = k.shape
+    k_scaled = torch.mul(k, k_in, out=ws.buf("k_in", (s, c, dk), k))
+    scores = torch.bmm(q_in, k_scaled.transpose(1, 2), out=ws.buf("scores", (s, c, c), q_in))
     return torch.tril(scores, out=ws.same(scores))
 
 
@@ -283,12 +324,15 @@ def _matrix_segment(
         per_channel = channel_scores(q, k, gates.alpha, ws)
         scores, q_factor, k_factor = per_channel.scores, per_channel.q_in, per_channel.k_out
         gates = gates._replace(chunk=per_channel.chunk.view(bh, -1, dk, 1))
-    else:
-        scores = _intra_scores(q, k, gates.b, ws)
     q_in, k_out = q, k
     if q_factor is not None and k_factor is not None:
         q_in = torch.mul(q, q_factor, out=ws.buf("q_in", (s, c, dk), q))
         k_out = torch.mul(k, k_factor, out=ws.buf("k_out", (s, c, dk), k))
+    if gates.alpha is None:  # per head: direct when safe, else with the decay matrix
+        if gates.k_in is not None:
+            scores = _direct_scores(q_in, k, gates.k_in, ws)
+        else:
+            scores = _intra_scores(q, k, gates.b, ws)
     writes = torch.bmm(k_out.transpose(1, 2), v, out=ws.buf("writes", (s, dk, dv), v))
     starts, state = _chunk_starts(state, writes.view(bh, -1, dk, dv), gates, ws)
     o = torch.bmm(q_in, starts.view(s, dk, dv), out=ws.buf("o", (s, c, dv), v))
