@@ -187,6 +187,9 @@ def _gates_by_segment(
         ones = like.new_ones(per_segment, per_segment).tril(-1).expand(bh, -1, -1)
         return [_SegmentGates(None, None, None, None, ones, None)] * segments
     if log_alpha.dim() == 4:
+        invariant = _invariant_channel_gates(log_alpha, per_segment, chunk, bh)
+        if invariant is not None:
+            return [invariant] * segments
         alpha = _segment_major(_per_token_factors(log_alpha), segments, per_segment, chunk, 1.0)
         return [_SegmentGates(None, None, None, None, None, None, a) for a in alpha]
     b = _segment_major(log_alpha, segments, per_segment, chunk).cumsum(dim=3)
@@ -224,6 +227,33 @@ def _direct_segments(chunk_log_decay: Tensor) -> list[bool]:
         return (lowest >= decay_floor(chunk_log_decay.dtype)).tolist()
 
 
+def _invariant_channel_gates(
+    log_alpha: Tensor, per_segment: int, chunk: int, bh: int
+) -> _SegmentGates | None:
+    """The gates of a per-channel decay constant in time (``log_alpha [B, T, H, dk]``
+    expanded over T, stride 0: the Vandermonde mixer's nodes), or None for any other.
+
+    Every chunk then has the same factors, computed once for one chunk and broadcast
+    (``[BH, 1, C, dk]``): q_in ``exp(b)``, k_out ``exp(b_C - b)``, k_in ``exp(-b)`` (the
+    scores are always direct here), chunk ``exp(b_C)``, with ``b_t = (t + 1) log alpha``.
+    None too when a chunk decays below the floor in total: the per-token factors and
+    `channel_scores`'s halving handle that case.
+    """
+    if log_alpha.shape[1] < 2 or log_alpha.stride(1) != 0:
+        return None
+    steps = torch.arange(1, chunk + 1, device=log_alpha.device, dtype=log_alpha.dtype)
+    one = log_alpha[:, 0].reshape(bh, 1, 1, -1)  # [BH, 1, 1, dk]
+    b = steps.view(1, 1, chunk, 1) * one  # [BH, 1, C, dk]
+    total = b[:, :, -1:]
+    with torch.no_grad():
+        if bool(total.min() < decay_floor(b.dtype)):
+            return None
+    chunk_decay = total.exp().transpose(-1, -2).expand(bh, per_segment, -1, 1)
+    return _SegmentGates(
+        None, b.exp(), (total - b).exp(), chunk_decay, None, None, None, torch.exp(-b)
+    )
+
+
 def _per_token_factors(log_alpha: Tensor) -> Tensor:
     """`decay_factor` of ``log_alpha [B, T, H, dk]``, once per token; a decay constant in
     time (expanded over T, stride 0: the Vandermonde mixer's nodes) is exponentiated once."""
@@ -249,15 +279,28 @@ def _intra_scores(q: Tensor, k: Tensor, b: Tensor | None, ws: Workspace) -> Tens
     return torch.tril(scores, out=ws.same(scores))
 
 
-def _direct_scores(q_in: Tensor, k: Tensor, k_in: Tensor, ws: Workspace) -> Tensor:
+def _direct_scores(q_in: Tensor, k: Tensor, k_in: Tensor, bh: int, ws: Workspace) -> Tensor:
     """The scores of `_intra_scores` as one product when `_direct_scores_safe`:
     ``tril((q exp(b)) (k exp(-b))^T)``, ``exp(b_t) exp(-b_s) = exp(b_t - b_s)`` up to
     rounding. ``q_in = q exp(b)``, ``k_in = exp(-b)`` ``[S, C, 1]``. No ``[S, C, C]``
     decay matrix and no exponential per score."""
     s, c, dk = k.shape
-    k_scaled = torch.mul(k, k_in, out=ws.buf("k_in", (s, c, dk), k))
+    k_scaled = _scaled(k, k_in, bh, ws.buf("k_in", (s, c, dk), k))
     scores = torch.bmm(q_in, k_scaled.transpose(1, 2), out=ws.buf("scores", (s, c, c), q_in))
     return torch.tril(scores, out=ws.same(scores))
+
+
+def _scaled(x: Tensor, factor: Tensor, bh: int, out: Tensor | None) -> Tensor:
+    """``x * factor`` for chunk rows ``x [BH G, C, d]`` and per-token factors of every
+    chunk (``[BH G, C, 1 or d]``) or of one chunk shared by all (``[BH, 1, C, d]``)."""
+    s, c, d = x.shape
+    grid = (bh, s // bh, c, d)
+    y = torch.mul(
+        x.view(grid),
+        factor.reshape(bh, -1, c, factor.shape[-1]),
+        out=None if out is None else out.view(grid),
+    )
+    return y.view(s, c, d)
 
 
 def _chunk_starts(
@@ -326,11 +369,11 @@ def _matrix_segment(
         gates = gates._replace(chunk=per_channel.chunk.view(bh, -1, dk, 1))
     q_in, k_out = q, k
     if q_factor is not None and k_factor is not None:
-        q_in = torch.mul(q, q_factor, out=ws.buf("q_in", (s, c, dk), q))
-        k_out = torch.mul(k, k_factor, out=ws.buf("k_out", (s, c, dk), k))
-    if gates.alpha is None:  # per head: direct when safe, else with the decay matrix
+        q_in = _scaled(q, q_factor, bh, ws.buf("q_in", (s, c, dk), q))
+        k_out = _scaled(k, k_factor, bh, ws.buf("k_out", (s, c, dk), k))
+    if gates.alpha is None:  # direct when safe (always for invariant ones), else decay matrix
         if gates.k_in is not None:
-            scores = _direct_scores(q_in, k, gates.k_in, ws)
+            scores = _direct_scores(q_in, k, gates.k_in, bh, ws)
         else:
             scores = _intra_scores(q, k, gates.b, ws)
     writes = torch.bmm(k_out.transpose(1, 2), v, out=ws.buf("writes", (s, dk, dv), v))

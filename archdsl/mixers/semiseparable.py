@@ -125,7 +125,13 @@ def scan_both_directions(
 
 
 def _stack_reversed(t_fw: Tensor, t_bw: Tensor, batch: int) -> Tensor:
-    """``[t_fw ; flip t_bw]`` on the batch axis, each broadcast to ``batch``."""
+    """``[t_fw ; flip t_bw]`` on the batch axis, each broadcast to ``batch``. Two tensors
+    constant in time (stride 0 over T: the Vandermonde mixer's nodes) stay so, which lets
+    the scan compute their factors once."""
+    length = t_fw.shape[1]
+    if length > 1 and t_fw.stride(1) == 0 and t_bw.stride(1) == 0:
+        firsts = [t[:, :1].expand(batch, 1, *t.shape[2:]) for t in (t_fw, t_bw)]
+        return torch.cat(firsts).expand(2 * batch, length, *t_fw.shape[2:])
     rev = flip_time(t_bw)
     return torch.cat(
         [t_fw.expand(batch, *t_fw.shape[1:]), rev.expand(batch, *rev.shape[1:])], dim=0
