@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from mixer_cases import s4_params
 
@@ -37,12 +38,13 @@ def test_fast_fft_size_is_the_next_5_smooth_number() -> None:
         assert fast_fft_size(n) == want, n
 
 
-def test_fft_conv_broadcasts_batches_and_spans_channel_groups() -> None:
+@pytest.mark.parametrize("grad", [False, True])  # in place into the output / concatenated
+def test_fft_conv_broadcasts_batches_and_spans_channel_groups(grad: bool) -> None:
     """Per-sequence taps against one input (and the reverse), more channels than one FFT
     group: every output equals the direct causal sum over lags."""
     gen = torch.Generator().manual_seed(3)
     t, h, d = 21, 2, FFT_GROUP + 3
-    x = torch.randn(1, t, h, d, generator=gen, dtype=torch.float64)
+    x = torch.randn(1, t, h, d, generator=gen, dtype=torch.float64).requires_grad_(grad)
     taps = torch.randn(3, h, t, generator=gen, dtype=torch.float64)
     shifted = [torch.nn.functional.pad(x, (0, 0, 0, 0, lag, 0))[:, :t] for lag in range(t)]
     want = sum(taps[:, :, lag, None].unsqueeze(1) * shifted[lag] for lag in range(t))
@@ -50,6 +52,19 @@ def test_fft_conv_broadcasts_batches_and_spans_channel_groups() -> None:
     torch.testing.assert_close(
         fft_conv(x.expand(3, -1, -1, -1), taps[:1], causal=True), want[:1].expand(3, -1, -1, -1)
     )
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_fft_conv_two_sided_matches_the_sum_over_lags(grad: bool) -> None:
+    gen = torch.Generator().manual_seed(4)
+    t, h, d = 19, 2, FFT_GROUP + 5
+    x = torch.randn(2, t, h, d, generator=gen, dtype=torch.float64).requires_grad_(grad)
+    taps = torch.randn(1, h, 2 * t - 1, generator=gen, dtype=torch.float64)  # lags -(t-1)..t-1
+    want = torch.zeros(2, t, h, d, dtype=torch.float64)
+    for i in range(t):
+        for j in range(t):
+            want[:, i] += taps[:, :, t - 1 + i - j, None] * x[:, j].detach()
+    torch.testing.assert_close(fft_conv(x, taps, causal=False), want)
 
 
 def test_blocked_vandermonde_kernels_match_lag_by_lag_sums() -> None:
