@@ -17,12 +17,11 @@ start::
 
 Matrix memories (`gated_linear_matrix`) run in *segments* of a few chunks (about
 ``SEGMENT_TOKEN_HEADS`` tokens x heads x batch), one after another: within a segment
-everything is batched over its chunks, including the chunk-to-chunk recurrence, which
-with one decay per head (or none) is one matrix product over the segment's chunks
-(`archdsl.memory.chunked_segments`, which runs the segments); per key channel it is a
-loop over them. A segment's intermediates stay in cache, and without autograd they are
-written into buffers that every segment reuses (`Workspace`); this, not the arithmetic
-(about 16x fewer flops than ``M @ x`` at T = 4096), is what decides the speed on CPU.
+everything is batched over its chunks except the chunk-to-chunk recurrence, a loop of
+state multiply-adds (`archdsl.memory.chunked_segments`, which runs the segments). A
+segment's intermediates stay in cache, and without autograd they are written into buffers
+that every segment reuses (`Workspace`); this, not the arithmetic (about 16x fewer flops
+than ``M @ x`` at T = 4096), is what decides the speed on CPU.
 The vector structure is batched over all chunks at once, its recurrence a loop of
 elementwise multiply-adds.
 
@@ -38,8 +37,8 @@ of per-token factors ``alpha_t <= 1``, no exponential beyond ``alpha_t`` itself)
 Decays must be finite (``alpha > 0``). Every factor is floored at
 ``exp(decay_floor(dtype))`` (float32: ~2.5e-11, far below its precision), which keeps the
 products of up to three factors that the chunked forms build out of the subnormal range,
-where CPU arithmetic is a hundred times slower (`decay_floor`). The chunk-to-chunk weights
-of a segment are exponentials of differences of prefix sums, formed in float64 (`_transfer`).
+where CPU arithmetic is a hundred times slower (`decay_floor`). From chunk to chunk the
+state is multiplied by each chunk's total decay ``exp(b_C)``, one chunk at a time.
 
 The functions here are also the building blocks of `archdsl.memory.chunked_delta`.
 """

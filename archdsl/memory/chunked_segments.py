@@ -1,11 +1,13 @@
 """The segment engine of the chunked gated linear scan (matrix state; see `chunked_linear`).
 
 The sequence is cut into *segments* of ``G`` chunks of ``C`` tokens, run one after
-another (`run_segments`): within a segment everything is batched over its chunks,
-including the chunk-to-chunk recurrence, which with one decay per head (or none) is one
-matrix product over the segment's chunks (`_SegmentGates.transfer`); per key channel it
-is a loop over them. A segment's intermediates stay in cache, and without autograd they
-are written into buffers that every segment reuses (`Workspace`).
+another (`run_segments`): within a segment everything is batched over its chunks but the
+chunk-to-chunk recurrence, a loop of ``G`` multiply-adds of states (`_chunk_starts`).
+(It was one ``[G, G]`` matrix product per segment for per-head decays; that costs
+``2 G / C`` flops per state entry and token against ``2 / C`` for the loop, and the loop
+ran 4-5% faster overall at T = 4096, forward and backward.) A segment's intermediates
+stay in cache, and without autograd they are written into buffers that every segment
+reuses (`Workspace`).
 
 Where a segment's chunk rows come from and where its outputs go is the caller's
 (`SegmentRows`): the memories read ``[B, T, H, d]`` tensors in order
@@ -56,7 +58,7 @@ def run_segments(
     bsz, h, dk, dv = s0.shape
     seg_len = per_segment * chunk
     segments = -(-length // seg_len)
-    gates = _gates_by_segment(log_alpha, segments, per_segment, chunk, bsz * h, s0)
+    gates = _gates_by_segment(log_alpha, segments, per_segment, chunk, bsz * h)
     state = s0.reshape(bsz * h, dk, dv)
     for i in range(segments):
         t0, t1 = i * seg_len, min((i + 1) * seg_len, length)
@@ -96,15 +98,10 @@ class _SegmentGates(NamedTuple):
 
     b ``[BH, G, C]`` / ``[BH, G, C, dk]``: the cumulative log decay within each chunk;
     q_in ``exp(b)`` and k_out ``exp(b_C - b)``, ``[BH, G, C, 1 or dk]``; chunk
-    ``exp(b_C)``, ``[BH, G, 1 or dk, 1]`` (None without decay). With one decay per head
-    (or none), the chunk-to-chunk recurrence of the segment is one matrix product
-    (`_chunk_starts`): transfer ``[BH, G, G]``, the weight of chunk ``m``'s write in the
-    state at the start of chunk ``g``, ``exp(sum_{m < j < g} b_C(j))`` for ``m < g``; carry
-    ``[BH, G, 1]``, that of the state entering the segment, ``exp(sum_{j < g} b_C(j))``
-    (None: all ones). Per key channel, only alpha ``[BH, G, C, dk]`` is given, the
-    per-token factors ``exp(log alpha)`` from which `channel_scores` forms the rest, and
-    the recurrence is a loop over chunks. k_in ``exp(-b)`` ``[BH, G, C, 1]``, given (per
-    head) when no chunk of the call decays below the floor: the scores are then direct
+    ``exp(b_C)``, ``[BH, G, 1 or dk, 1]`` (None without decay: all None). Per key channel,
+    only alpha ``[BH, G, C, dk]`` is given, the per-token factors ``exp(log alpha)`` from
+    which `channel_scores` forms the rest. k_in ``exp(-b)`` ``[BH, G, C, 1]``, given (per
+    head) in segments whose chunks all decay above the floor: the scores are then direct
     (`_direct_scores`).
     """
 
@@ -112,15 +109,13 @@ class _SegmentGates(NamedTuple):
     q_in: Tensor | None
     k_out: Tensor | None
     chunk: Tensor | None
-    transfer: Tensor | None
-    carry: Tensor | None
     alpha: Tensor | None = None
     k_in: Tensor | None = None
 
     def first(self, g: int) -> _SegmentGates:
         """The first ``g`` chunks, with b / q_in / k_out flattened to ``[BH g, C, ...]``
         (not alpha: a time-invariant one is a stride-0 view, copied once by its user)."""
-        sized = next((y for y in (self.chunk, self.transfer, self.alpha) if y is not None), None)
+        sized = next((y for y in (self.chunk, self.alpha) if y is not None), None)
         full = sized is None or g == sized.shape[1]
 
         def take(y: Tensor | None, flat: bool) -> Tensor | None:
@@ -129,14 +124,11 @@ class _SegmentGates(NamedTuple):
             y = y if full else y[:, :g]
             return y.flatten(0, 1) if flat else y
 
-        transfer = self.transfer if full or self.transfer is None else self.transfer[:, :g, :g]
         return _SegmentGates(
             take(self.b, True),
             take(self.q_in, True),
             take(self.k_out, True),
             take(self.chunk, False),
-            transfer,
-            take(self.carry, False),
             take(self.alpha, False),
             take(self.k_in, True),
         )
@@ -160,44 +152,24 @@ def _segment_major(
     return x.reshape(segments, b * h, per_segment, chunk, *rest)
 
 
-def _transfer(chunk_log_decay: Tensor) -> tuple[Tensor, Tensor]:
-    """``(transfer [..., G, G], carry [..., G, 1])`` of `_SegmentGates` from the chunks'
-    total log decays ``[..., G]``.
-
-    The exponents are differences of prefix sums over the segment; those are formed in
-    float64 (they are G numbers per head), so that a long strongly decayed prefix does not
-    cost the short weakly decayed spans their precision. Each factor is floored like
-    every other (`decay_factor`).
-    """
-    floor = decay_floor(chunk_log_decay.dtype)
-    ends = chunk_log_decay.double().cumsum(-1)  # log decay from the segment start to each chunk end
-    starts = torch.cat([torch.zeros_like(ends[..., :1]), ends[..., :-1]], dim=-1)
-    spans = (starts.unsqueeze(-1) - ends.unsqueeze(-2)).clamp(min=floor, max=0.0)
-    transfer = torch.tril(spans.exp(), diagonal=-1)
-    carry = starts.clamp(min=floor).exp().unsqueeze(-1)
-    return transfer.to(chunk_log_decay.dtype), carry.to(chunk_log_decay.dtype)
-
-
 def _gates_by_segment(
-    log_alpha: Tensor | None, segments: int, per_segment: int, chunk: int, bh: int, like: Tensor
+    log_alpha: Tensor | None, segments: int, per_segment: int, chunk: int, bh: int
 ) -> list[_SegmentGates]:
     """The decay factors of every segment (``bh`` = batch x heads), computed for the whole
     sequence at once."""
     if log_alpha is None:
-        ones = like.new_ones(per_segment, per_segment).tril(-1).expand(bh, -1, -1)
-        return [_SegmentGates(None, None, None, None, ones, None)] * segments
+        return [_SegmentGates(None, None, None, None)] * segments
     if log_alpha.dim() == 4:
         invariant = _invariant_channel_gates(log_alpha, per_segment, chunk, bh)
         if invariant is not None:
             return [invariant] * segments
         alpha = _segment_major(_per_token_factors(log_alpha), segments, per_segment, chunk, 1.0)
-        return [_SegmentGates(None, None, None, None, None, None, a) for a in alpha]
+        return [_SegmentGates(None, None, None, None, a) for a in alpha]
     b = _segment_major(log_alpha, segments, per_segment, chunk).cumsum(dim=3)
     bk = b.unsqueeze(-1)  # [segments, BH, G, C, 1]
     b_last = bk[..., -1:, :]
     q_in, k_out = decay_factor(bk), decay_factor(b_last - bk)
     chunk_decay = decay_factor(b_last).transpose(-1, -2)
-    transfer, carry = _transfer(b[..., -1])
     direct = _direct_segments(b[..., -1])
     k_in = torch.exp(-bk) if any(direct) else None
     return [
@@ -206,8 +178,6 @@ def _gates_by_segment(
             q_in[i],
             k_out[i],
             chunk_decay[i],
-            transfer[i],
-            carry[i],
             None,
             k_in[i] if k_in is not None and direct[i] else None,
         )
@@ -249,9 +219,7 @@ def _invariant_channel_gates(
         if bool(total.min() < decay_floor(b.dtype)):
             return None
     chunk_decay = total.exp().transpose(-1, -2).expand(bh, per_segment, -1, 1)
-    return _SegmentGates(
-        None, b.exp(), (total - b).exp(), chunk_decay, None, None, None, torch.exp(-b)
-    )
+    return _SegmentGates(None, b.exp(), (total - b).exp(), chunk_decay, None, torch.exp(-b))
 
 
 def _per_token_factors(log_alpha: Tensor) -> Tensor:
@@ -304,42 +272,17 @@ def _scaled(x: Tensor, factor: Tensor, bh: int, out: Tensor | None) -> Tensor:
 
 
 def _chunk_starts(
-    state: Tensor, writes: Tensor, gates: _SegmentGates, ws: Workspace
+    state: Tensor, writes: Tensor, chunk_decay: Tensor | None, ws: Workspace
 ) -> tuple[Tensor, Tensor]:
-    """``S_{n+1} = a_n S_n + U_n`` over the chunks of a segment.
+    """``S_{n+1} = a_n S_n + U_n`` over the chunks of a segment, one chunk at a time.
 
-    state ``[BH, dk, dv]``; writes U ``[BH, G, dk, dv]``. Returns the start states
-    ``[BH, G, dk, dv]`` and the state after the segment. With a transfer matrix (decay
-    per head, or none) the start states are one batched product
-    ``carry * S + transfer @ U``; per key channel, a loop over the chunks.
+    state ``[BH, dk, dv]``; writes U ``[BH, G, dk, dv]``; chunk_decay a ``[BH, G, 1 or dk,
+    1]`` or None (no decay). Returns the start states ``[BH, G, dk, dv]`` (in a workspace
+    buffer when enabled) and the state after the segment. (``unbind``, not indexing: the
+    backward of G index operations would materialise G full-size zero gradients.)
     """
     bh, n, dk, dv = writes.shape
     starts = ws.buf("starts", (bh, n, dk, dv), writes)
-    if gates.transfer is None:
-        return _chunk_starts_loop(state, writes, gates.chunk, starts)
-    flat_in = state.reshape(bh, 1, dk * dv)
-    flat_starts = None if starts is None else starts.view(bh, n, dk * dv)
-    if gates.carry is None:
-        kept = flat_in.expand(bh, n, dk * dv)
-    else:
-        kept = torch.mul(gates.carry, flat_in, out=flat_starts)
-    flat = torch.baddbmm(kept, gates.transfer, writes.view(bh, n, dk * dv), out=flat_starts)
-    last = flat[:, -1].view(bh, dk, dv)
-    end = ws.buf("end", (bh, dk, dv), writes)
-    if gates.chunk is None:
-        state = torch.add(writes[:, -1], last, out=end)
-    else:
-        state = torch.addcmul(writes[:, -1], last, gates.chunk[:, -1], out=end)
-    return flat.view(bh, n, dk, dv), state
-
-
-def _chunk_starts_loop(
-    state: Tensor, writes: Tensor, chunk_decay: Tensor | None, starts: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """`_chunk_starts` one chunk at a time; ``starts`` the buffer for the start states
-    (None: allocated). (``unbind``, not indexing: the backward of G index operations
-    would materialise G full-size zero gradients.)"""
-    n = writes.shape[1]
     targets: list[Tensor | None] = [None] * n
     if starts is not None:
         targets = list(starts.unbind(1))
@@ -377,6 +320,6 @@ def _matrix_segment(
         else:
             scores = _intra_scores(q, k, gates.b, ws)
     writes = torch.bmm(k_out.transpose(1, 2), v, out=ws.buf("writes", (s, dk, dv), v))
-    starts, state = _chunk_starts(state, writes.view(bh, -1, dk, dv), gates, ws)
+    starts, state = _chunk_starts(state, writes.view(bh, -1, dk, dv), gates.chunk, ws)
     o = torch.bmm(q_in, starts.view(s, dk, dv), out=ws.buf("o", (s, c, dv), v))
     return torch.baddbmm(o, scores, v, out=ws.same(o)), state
