@@ -11,6 +11,8 @@ alternately, ``reps`` times each, and the medians are compared, so that a change
 during the run moves both. ``selective`` is Mamba's S6 scan (P = D = 64 channels per head,
 each with its own decay): its materialised form would be one ``T x T`` matrix per channel
 (16 GB at T = 4096), the same multiply-adds as the per-head ``M @ x``, which stands in.
+The fixed S4D (vandermonde/fixed) and S4 (cauchy/fixed) kernels have state 64 as the
+papers count it (S4's ``d_state``): 32 complex modes, each a conjugate pair.
 
     python bench/bench_mixers.py [--lengths 1024 4096 16384] [--reps 3]
 """
@@ -50,19 +52,27 @@ def make_params(name: str, t: int) -> dict[str, object]:
         return {"q": rnd(B, t, H, N), "k": rnd(B, t, H, N)}
     if name == "toeplitz":
         return {"filter": rnd(H, t) / t}
+    modes = N // 2  # S4 / S4D: state N held as N / 2 conjugate pairs
     if name == "vandermonde/fixed":
-        a = torch.complex(-torch.rand(H, N) - 0.1, math.pi * torch.arange(N).float().expand(H, N))
-        return {"log_dt": torch.full((H,), math.log(0.01)), "a": a, "b": _c(H, N), "c": _c(H, N)}
+        im = math.pi * torch.arange(modes).float().expand(H, modes)
+        a = torch.complex(-torch.rand(H, modes) - 0.1, im)
+        return {
+            "log_dt": torch.full((H,), math.log(0.01)),
+            "a": a,
+            "b": _c(H, modes),
+            "c": _c(H, modes),
+        }
     if name == "vandermonde/data":
         return {"c": rnd(B, t, H, N), "b": rnd(B, t, H, N), "log_z": -torch.rand(H, N) * 0.5}
     if name == "cauchy/fixed":
-        lam = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N).float().expand(H, N))
+        im = math.pi * torch.arange(modes).float().expand(H, modes)
+        lam = torch.complex(-0.5 * torch.ones(H, modes), im)
         return {
             "log_dt": torch.full((H,), math.log(0.01)),
             "lam": lam,
-            "p": 0.1 * _c(H, N),
-            "b": _c(H, N),
-            "ct": _c(H, N),
+            "p": 0.1 * _c(H, modes),
+            "b": _c(H, modes),
+            "ct": _c(H, modes),
         }
     if name == "cauchy/data":
         return {"q": F.softplus(rnd(B, t, H, N)), "k": -F.softplus(rnd(B, t, H, N)), "c": 1.0}

@@ -283,6 +283,13 @@ def rule_memory_combinations(arch: Arch) -> list[Diagnostic]:
     return out
 
 
+def uses_complex_modes(m: MatrixMixer) -> bool:
+    """Whether a matrix mixer's fixed parameters are an S4 / S4D kernel (complex modes)."""
+    if m.data and m.cls in ("vandermonde", "cauchy"):
+        return False
+    return m.cls in ("vandermonde", "cauchy") or (m.cls == "toeplitz" and m.kernel in ("s4", "s4d"))
+
+
 def rule_mixer_dims(arch: Arch) -> list[Diagnostic]:
     out = []
     d = arch.d_model
@@ -320,6 +327,15 @@ def rule_mixer_dims(arch: Arch) -> list[Diagnostic]:
                         m.loc,
                         "for a bidirectional SSM use "
                         "`matrix(quasiseparable, bidirectional)` (Hydra)",
+                    )
+                )
+            if uses_complex_modes(m) and (m.state < 2 or m.state % 2):
+                out.append(
+                    Diagnostic(
+                        f"state = {m.state}: a fixed S4 / S4D kernel holds its state as "
+                        "state / 2 complex conjugate pairs, so state must be even",
+                        m.loc,
+                        f"use state = {max(2, m.state + 1)} (S4's N counts real dimensions)",
                     )
                 )
             if m.cls == "dense" and m.max_len < 1:

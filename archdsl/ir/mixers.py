@@ -23,7 +23,9 @@ class MatrixMixer(IRNode):
     """Y = M X per head with M a structured T x T matrix of class ``cls`` (Hydra).
 
     ``data``: parameters computed from the input (sequence-aligned) or fixed.
-    ``state``: state size N (semiseparable / vandermonde / cauchy ranks);
+    ``state``: state size N in real dimensions (semiseparable / vandermonde / cauchy
+    ranks; the fixed S4 / S4D kernels hold it as N / 2 complex conjugate pairs, as S4's
+    ``d_state`` does, so it must be even there);
     ``conv``: short depthwise conv before the mixer (Hydra: 7, non-causal when
     bidirectional); ``expand``: inner width / d_model; ``headdim``: channels per head;
     ``max_len``: fixed sequence length for `dense` and fixed `toeplitz`;

@@ -89,6 +89,15 @@ class _Sine(nn.Module):
         return torch.sin(x)
 
 
+def complex_modes(state: int) -> int:
+    """Complex modes of a fixed S4 / S4D kernel of ``state`` real state dimensions: the
+    papers' ``N`` (S4's ``d_state``) is held as ``N / 2`` complex numbers, each standing
+    for a conjugate pair (the kernels' ``2 Re``). The checker refuses an odd ``state``."""
+    if state < 2 or state % 2:
+        raise ValueError(f"an S4 / S4D state must be even and >= 2 (N/2 pairs), got {state}")
+    return state // 2
+
+
 def _lin_init(heads: int, state: int) -> tuple[Tensor, Tensor]:
     """S4D-Lin / S4 init: real parts -1/2, imaginary parts pi n."""
     re = torch.full((heads, state), 0.5)
@@ -97,10 +106,12 @@ def _lin_init(heads: int, state: int) -> tuple[Tensor, Tensor]:
 
 
 class S4DParams(nn.Module):
-    """Parameters of the fixed Vandermonde (S4D) mixer; ``a = -exp(log_a_re) + i a_im``."""
+    """Parameters of the fixed Vandermonde (S4D) mixer; ``a = -exp(log_a_re) + i a_im``.
+    ``state``: real state dimensions, ``state / 2`` complex modes (`complex_modes`)."""
 
     def __init__(self, heads: int, state: int, causal: bool) -> None:
         super().__init__()
+        state = complex_modes(state)
         re, im = _lin_init(heads, state)
         self.log_a_re = nn.Parameter(re.log())
         self.a_im = nn.Parameter(im)
@@ -129,10 +140,12 @@ class S4DParams(nn.Module):
 
 
 class S4Params(nn.Module):
-    """Parameters of the fixed Cauchy (S4, DPLR) mixer; ``ct`` is S4's ``C~``."""
+    """Parameters of the fixed Cauchy (S4, DPLR) mixer; ``ct`` is S4's ``C~``.
+    ``state``: real state dimensions, ``state / 2`` complex modes (`complex_modes`)."""
 
     def __init__(self, heads: int, state: int, causal: bool, max_len: int = 0) -> None:
         super().__init__()
+        state = complex_modes(state)
         re, im = _lin_init(heads, state)
         self.max_len = max_len
         self.log_lam_re = nn.Parameter(re.log())

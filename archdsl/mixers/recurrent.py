@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from archdsl.ir.mixers import MatrixMixer
+from archdsl.mixers.filters import complex_modes
 from archdsl.mixers.selective_scan import selective_step
 
 
@@ -66,9 +67,10 @@ def scan_state(form: str, batch: int, heads: int, state: int, width: int, like: 
     """The zero scan state of ``form`` (see `MixerState`), dtype / device of ``like``."""
     if form == "selective":
         return like.new_zeros(batch, heads, width, state)
-    if form == "vandermonde/fixed":
+    if form == "vandermonde/fixed":  # state / 2 complex modes (`complex_modes`)
+        modes = complex_modes(state)
         return torch.zeros(
-            batch, heads, state, width, dtype=_complex_of(like.dtype), device=like.device
+            batch, heads, modes, width, dtype=_complex_of(like.dtype), device=like.device
         )
     return like.new_zeros(batch, heads, state, width)
 

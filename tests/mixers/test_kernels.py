@@ -95,7 +95,7 @@ def test_s4_kernels_of_two_outputs_match_direct_powers() -> None:
 def test_learned_parametrisations_place_both_kernels() -> None:
     torch.manual_seed(2)
     t = 21
-    s4d = S4DParams(2, 3, causal=False).double()
+    s4d = S4DParams(2, 6, causal=False).double()  # 3 complex modes
     p = s4d.params(t, False)
     k_fw, k_bw = s4d_kernels(p["log_dt"], p["a"], p["b"], [p["c"], p["c_bw"]], t)
     taps = s4d.taps(t, causal=False)
@@ -104,7 +104,7 @@ def test_learned_parametrisations_place_both_kernels() -> None:
     )
     torch.testing.assert_close(taps[:, : t - 1], k_bw[:, 1:].flip(-1))
 
-    s4 = S4Params(2, 3, causal=False, max_len=32).double()
+    s4 = S4Params(2, 6, causal=False, max_len=32).double()
     q = s4.params(t, False)
     args = (q["log_dt"], q["lam"], q["p"], q["b"])
     k_fw = s4_kernel_direct(*args, q["ct"], t, 32)  # type: ignore[arg-type]
