@@ -7,14 +7,15 @@ state 64), the fast path's time, the time of ``M @ x`` with ``M`` already materi
 bidirectional mixer vs two separate causal semiseparable scans on x and flip(x), added.
 
 The machine this runs on is shared and noisy: the fast path and ``M @ x`` are timed
-alternately, ``reps`` times each, and the medians are compared, so that a change of load
-during the run moves both. ``selective`` is Mamba's S6 scan (P = D = 64 channels per head,
-each with its own decay): its materialised form would be one ``T x T`` matrix per channel
-(16 GB at T = 4096), the same multiply-adds as the per-head ``M @ x``, which stands in.
+alternately, ``reps`` times each; the times shown are medians and the ratio is the median
+of the alternating pairs' ratios, so that a change of load moves both terms of a ratio.
+``selective`` is Mamba's S6 scan (P = D = 64 channels per head, each with its own
+decay): its materialised form would be one ``T x T`` matrix per channel (16 GB at
+T = 4096), the same multiply-adds as the per-head ``M @ x``, which stands in.
 The fixed S4D (vandermonde/fixed) and S4 (cauchy/fixed) kernels have state 64 as the
 papers count it (S4's ``d_state``): 32 complex modes, each a conjugate pair.
 
-    python bench/bench_mixers.py [--lengths 1024 4096 16384] [--reps 3]
+    python bench/bench_mixers.py [--lengths 1024 4096 16384] [--reps 7]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -106,30 +108,47 @@ CASES = [
 ]
 
 
+class Timing(NamedTuple):
+    """Median seconds of a function and of the one it alternates with (None: not run),
+    and the median over the alternating pairs of their ratio ``other / fn``."""
+
+    fn: float
+    other: float | None
+    ratio: float | None
+
+
 def _timeit(fn: Callable[[], object], reps: int) -> float:
     """Median seconds of ``reps`` runs after a warm-up; a slow warm-up (> 2 s) is the
     measurement, to keep the bench short."""
-    return _timeit_pair(fn, None, reps)[0]
+    return _timeit_pair(fn, None, reps).fn
 
 
-def _timeit_pair(
-    fn: Callable[[], object], other: Callable[[], object] | None, reps: int
-) -> tuple[float, float | None]:
-    """Median seconds of ``fn`` and ``other``, run alternately (see the module docstring)."""
+def _timeit_pair(fn: Callable[[], object], other: Callable[[], object] | None, reps: int) -> Timing:
+    """``fn`` and ``other`` run alternately (see the module docstring). The ratio is the
+    median of the ``reps`` pairs' ratios: each pair is timed back to back, so a change of
+    load moves both of its times, where the ratio of two medians would mix moments."""
     start = time.perf_counter()
     fn()
     first = time.perf_counter() - start
     if other is not None:
         other()
     if first > 2.0:
-        return first, (None if other is None else _once(other))
+        if other is None:
+            return Timing(first, None, None)
+        second = _once(other)
+        return Timing(first, second, second / first)
     times: list[float] = []
     other_times: list[float] = []
     for _ in range(reps):
         times.append(_once(fn))
         if other is not None:
             other_times.append(_once(other))
-    return statistics.median(times), (statistics.median(other_times) if other_times else None)
+    if not other_times:
+        return Timing(statistics.median(times), None, None)
+    ratios = [o / f for f, o in zip(times, other_times)]
+    return Timing(
+        statistics.median(times), statistics.median(other_times), statistics.median(ratios)
+    )
 
 
 def _once(fn: Callable[[], object]) -> float:
@@ -150,12 +169,13 @@ def materialized_product(t: int) -> Callable[[], object] | None:
     return lambda: apply_matrix(m, x)
 
 
-def bench_case(name: str, t: int, reps: int) -> tuple[float | None, float | None]:
-    """Seconds for the fast path of one class/form (None when skipped) and for ``M @ x``
-    (None past the memory limit), timed alternately."""
-    mat = materialized_product(t)
+def bench_case(name: str, t: int, reps: int) -> Timing | None:
+    """The fast path of one class/form timed alternately with ``M @ x`` (``other`` None
+    past the memory limit); None when the fast path is skipped (``M @ x`` alone is then
+    printed by the caller)."""
     if (name, t) in SKIP_FAST:
-        return None, (None if mat is None else _timeit(mat, reps))
+        return None
+    mat = materialized_product(t)
     cls, _, form = name.partition("/")
     causal = cls != "quasiseparable"
     if name == "selective":
@@ -167,7 +187,7 @@ def bench_case(name: str, t: int, reps: int) -> tuple[float | None, float | None
     return _timeit_pair(lambda: impl.fast(x, causal=causal, **params), mat, reps)
 
 
-def bench_hydra(t: int, reps: int) -> tuple[float, float]:
+def bench_hydra(t: int, reps: int) -> Timing:
     """One scan over [x ; flip x] (quasiseparable) vs two causal scans added."""
     impl = implementation("quasiseparable", True)
     x = torch.randn(B, t, H, D)
@@ -179,15 +199,15 @@ def bench_hydra(t: int, reps: int) -> tuple[float, float]:
         bw = chunked_ssd(rev[0], rev[1], flip_time(x), log_decay=rev[2], lr=rev[3])[0]
         return fw + flip_time(bw) + x * p["delta"].unsqueeze(-1)  # type: ignore[attr-defined]
 
-    one, two = _timeit_pair(lambda: impl.fast(x, causal=False, **p), two_scans, reps)
-    assert two is not None
-    return one, two
+    timing = _timeit_pair(lambda: impl.fast(x, causal=False, **p), two_scans, reps)
+    assert timing.other is not None and timing.ratio is not None
+    return timing
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=7)
     # One thread by default: on a shared, oversubscribed CPU two threads spin-wait and
     # time 10-100x worse than one.
     parser.add_argument("--threads", type=int, default=1)
@@ -200,23 +220,30 @@ def main() -> None:
         print(f"{'class':18} {'T':>6} {'fast ms':>10} {'M @ x ms':>14} {'M@x / fast':>11}")
         for name in CASES:
             for t in args.lengths:
-                secs, mm = bench_case(name, t, args.reps)
-                fast = f"{secs * 1e3:10.1f}" if secs is not None else f"skip ({SKIP_FAST[name, t]})"
+                timing = bench_case(name, t, args.reps)
+                if timing is None:
+                    alone = materialized_product(t)
+                    mm = None if alone is None else _timeit(alone, args.reps)
+                    timing = Timing(math.nan, mm, None)
+                    fast = f"skip ({SKIP_FAST[name, t]})"
+                else:
+                    fast = f"{timing.fn * 1e3:10.1f}"
+                    growth.setdefault(name, {})[t] = timing.fn
+                mm = timing.other
                 mat = f"{mm * 1e3:14.1f}" if mm is not None else "skip (> 8 GB)"
-                ratio = f"{mm / secs:10.1f}x" if secs and mm else "-"
+                ratio = f"{timing.ratio:10.1f}x" if timing.ratio is not None else "-"
                 print(f"{name:18} {t:6d} {fast:>10} {mat:>14} {ratio:>11}", flush=True)
-                if secs is not None:
-                    growth.setdefault(name, {})[t] = secs
         print("\ngrowth of the fast path, t(16384) / t(4096)  (T log T ~ 4.7x, T^2 = 16x)")
         for name, by_t in growth.items():
             if 4096 in by_t and 16384 in by_t:
                 print(f"  {name:18} {by_t[16384] / by_t[4096]:6.1f}x")
         print("\nHydra bidirectional mixer: one scan over [x ; flip x] vs two causal scans added")
         for t in args.lengths:
-            one, two = bench_hydra(t, args.reps)
+            hydra = bench_hydra(t, args.reps)
+            assert hydra.other is not None
             print(
-                f"  T={t:6d}  one scan {one * 1e3:8.1f} ms   two scans {two * 1e3:8.1f} ms"
-                f"   two/one = {two / one:4.2f}"
+                f"  T={t:6d}  one scan {hydra.fn * 1e3:8.1f} ms   two scans "
+                f"{hydra.other * 1e3:8.1f} ms   two/one = {hydra.ratio:4.2f}"
             )
 
 
