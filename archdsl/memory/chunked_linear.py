@@ -29,8 +29,9 @@ Stability (log space). Every exponential is of a *non-positive* number: ``b_t``,
 ``b_C - b_s`` and ``b_t - b_s`` for ``s <= t`` (the decays are ``<= 0``). The intra-chunk
 decay matrix is clamped to ``<= 0`` above the diagonal *before* ``exp`` and zeroed there
 after, so no ``inf * 0`` appears. The one exception: with one decay per head, segments
-whose chunks all decay by at least the floor (below) in total skip that matrix, and their
-scores are the one product ``(q exp(b)) (k exp(-b))^T``, with ``exp(-b) <= exp(-floor)``.
+whose chunks all decay by at most twice the floor (below) in total build that matrix
+without exponentials, as the outer product of ``exp(b_t - m)`` and ``exp(m - b_s)``
+around each chunk's midpoint ``m = b_C / 2`` (each factor within ``exp(+-floor)``).
 With one decay per key channel the intra-chunk scores come from
 `archdsl.memory.decayed_scores.channel_scores` (recursive halving, every factor a product
 of per-token factors ``alpha_t <= 1``, no exponential beyond ``alpha_t`` itself).

@@ -100,9 +100,12 @@ class _SegmentGates(NamedTuple):
     q_in ``exp(b)`` and k_out ``exp(b_C - b)``, ``[BH, G, C, 1 or dk]``; chunk
     ``exp(b_C)``, ``[BH, G, 1 or dk, 1]`` (None without decay: all None). Per key channel,
     only alpha ``[BH, G, C, dk]`` is given, the per-token factors ``exp(log alpha)`` from
-    which `channel_scores` forms the rest. k_in ``exp(-b)`` ``[BH, G, C, 1]``, given (per
-    head) in segments whose chunks all decay above the floor: the scores are then direct
-    (`_direct_scores`).
+    which `channel_scores` forms the rest. k_in ``exp(-b)`` ``[BH, 1, C, dk]``: a
+    per-channel decay constant in time, whose scores are direct (`_direct_scores`). Per
+    head, in segments whose chunks all decay by at most twice the floor in total, the
+    decay matrix factorises around each chunk's midpoint ``m = b_C / 2``
+    (`_factored_scores`): rows ``exp(b - m)`` ``[BH, G, C, 1]`` and cols ``exp(m - b)``
+    ``[BH, G, 1, C]``.
     """
 
     b: Tensor | None
@@ -111,6 +114,8 @@ class _SegmentGates(NamedTuple):
     chunk: Tensor | None
     alpha: Tensor | None = None
     k_in: Tensor | None = None
+    rows: Tensor | None = None
+    cols: Tensor | None = None
 
     def first(self, g: int) -> _SegmentGates:
         """The first ``g`` chunks, with b / q_in / k_out flattened to ``[BH g, C, ...]``
@@ -131,6 +136,8 @@ class _SegmentGates(NamedTuple):
             take(self.chunk, False),
             take(self.alpha, False),
             take(self.k_in, True),
+            take(self.rows, True),
+            take(self.cols, True),
         )
 
 
@@ -170,31 +177,31 @@ def _gates_by_segment(
     b_last = bk[..., -1:, :]
     q_in, k_out = decay_factor(bk), decay_factor(b_last - bk)
     chunk_decay = decay_factor(b_last).transpose(-1, -2)
-    direct = _direct_segments(b[..., -1])
-    k_in = torch.exp(-bk) if any(direct) else None
+    factored = _factored_segments(b[..., -1])
+    rows = cols = None
+    if any(factored):
+        middle = b_last / 2
+        rows, cols = torch.exp(bk - middle), torch.exp(middle - bk).transpose(-1, -2)
     return [
-        _SegmentGates(
-            b[i],
-            q_in[i],
-            k_out[i],
-            chunk_decay[i],
-            None,
-            k_in[i] if k_in is not None and direct[i] else None,
+        _SegmentGates(b[i], q_in[i], k_out[i], chunk_decay[i])._replace(
+            rows=rows[i] if rows is not None and factored[i] else None,
+            cols=cols[i] if cols is not None and factored[i] else None,
         )
         for i in range(segments)
     ]
 
 
-def _direct_segments(chunk_log_decay: Tensor) -> list[bool]:
+def _factored_segments(chunk_log_decay: Tensor) -> list[bool]:
     """For each segment (``chunk_log_decay [segments, BH, G]``, the chunks' totals),
-    whether all its chunks decay by at least `decay_floor` in total: then every ``b_t``
-    of those chunks is too (``b`` does not increase), ``exp(-b_t) <= exp(-floor)``
-    (float32: 4e10) is far from overflow, no factor ``exp(b_t - b_s)`` would be floored,
-    and the scores can be the direct product `_direct_scores`. One check per call (a
+    whether all its chunks decay by at most twice `decay_floor` in total. Then with
+    ``m = b_C / 2``, both ``b_t - m`` and ``m - b_s`` lie in ``[floor, -floor]``, the
+    factors ``exp(b_t - m)``, ``exp(m - b_s)`` neither overflow nor leave the normal
+    range, and their products, the decays ``exp(b_t - b_s) >= exp(2 floor)`` (float32:
+    6e-22), stay normal too: the scores can be `_factored_scores`. One check per call (a
     host sync on a GPU)."""
     with torch.no_grad():
         lowest = chunk_log_decay.flatten(1).amin(dim=1)
-        return (lowest >= decay_floor(chunk_log_decay.dtype)).tolist()
+        return (lowest >= 2 * decay_floor(chunk_log_decay.dtype)).tolist()
 
 
 def _invariant_channel_gates(
@@ -247,11 +254,25 @@ def _intra_scores(q: Tensor, k: Tensor, b: Tensor | None, ws: Workspace) -> Tens
     return torch.tril(scores, out=ws.same(scores))
 
 
+def _factored_scores(q: Tensor, k: Tensor, rows: Tensor, cols: Tensor, ws: Workspace) -> Tensor:
+    """The scores of `_intra_scores` with the decay matrix as an outer product (see
+    `_factored_segments`): ``tril((q k^T) * exp(b_t - m) * exp(m - b_s))``, rows
+    ``[S, C, 1]``, cols ``[S, 1, C]``. Equal up to rounding (decays below the floor are
+    kept rather than floored, far below the precision of the sums they enter), and no
+    exponential per score."""
+    s, c = q.shape[:2]
+    scores = torch.bmm(q, k.transpose(1, 2), out=ws.buf("scores", (s, c, c), q))
+    scores = torch.mul(scores, rows, out=ws.same(scores))
+    scores = torch.mul(scores, cols, out=ws.same(scores))
+    return torch.tril(scores, out=ws.same(scores))
+
+
 def _direct_scores(q_in: Tensor, k: Tensor, k_in: Tensor, bh: int, ws: Workspace) -> Tensor:
-    """The scores of `_intra_scores` as one product when `_direct_scores_safe`:
+    """The scores of `_intra_scores` as one product for a per-channel decay constant in
+    time whose chunks stay above the floor (`_invariant_channel_gates`):
     ``tril((q exp(b)) (k exp(-b))^T)``, ``exp(b_t) exp(-b_s) = exp(b_t - b_s)`` up to
-    rounding. ``q_in = q exp(b)``, ``k_in = exp(-b)`` ``[S, C, 1]``. No ``[S, C, C]``
-    decay matrix and no exponential per score."""
+    rounding. ``q_in = q exp(b)``, ``k_in = exp(-b)`` ``[BH, 1, C, dk]``. No decay
+    tensor and no exponential per score."""
     s, c, dk = k.shape
     k_scaled = _scaled(k, k_in, bh, ws.buf("k_in", (s, c, dk), k))
     scores = torch.bmm(q_in, k_scaled.transpose(1, 2), out=ws.buf("scores", (s, c, c), q_in))
@@ -314,9 +335,11 @@ def _matrix_segment(
     if q_factor is not None and k_factor is not None:
         q_in = _scaled(q, q_factor, bh, ws.buf("q_in", (s, c, dk), q))
         k_out = _scaled(k, k_factor, bh, ws.buf("k_out", (s, c, dk), k))
-    if gates.alpha is None:  # direct when safe (always for invariant ones), else decay matrix
+    if gates.alpha is None:  # without exponentials where the decays allow, else exp(b_t - b_s)
         if gates.k_in is not None:
             scores = _direct_scores(q_in, k, gates.k_in, bh, ws)
+        elif gates.rows is not None and gates.cols is not None:
+            scores = _factored_scores(q, k, gates.rows, gates.cols, ws)
         else:
             scores = _intra_scores(q, k, gates.b, ws)
     writes = torch.bmm(k_out.transpose(1, 2), v, out=ws.buf("writes", (s, dk, dv), v))
