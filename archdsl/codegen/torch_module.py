@@ -210,7 +210,7 @@ class _StageEmitter:
         return name
 
 
-MODEL_CLASS = '''class Model(nn.Module):
+MODEL_CLASS = '''class Model(StreamingModel):
     """{name}: embedding, {stages}, {head} head."""
 
     def __init__(self, ctx: BuildContext) -> None:
@@ -260,6 +260,7 @@ def emit_torch_module(arch: Arch, ir_hash: str, source: str) -> str:
         "from archdsl.ir.spec import Arch",
         "from archdsl.runtime.context import BuildContext",
         "from archdsl.runtime.heads import Embedding, OutputHead",
+        "from archdsl.runtime.streaming import StreamingModel",
         "",
         f"IR_HASH = {ir_hash!r}",
         f"ARCH = Arch.model_validate_json({_ir_json(arch)!r})",

@@ -36,6 +36,7 @@ from archdsl.memory.layer_gates import (
 from archdsl.memory.projections import CausalShortConv, feature_activation, l2_normalize
 from archdsl.memory.rules import memory_function
 from archdsl.memory.state import MemoryState
+from archdsl.runtime.streaming import active_stream, run_streamed
 
 OUT_NORM_EPS = 1e-6
 # Added to the normalizer's denominator q . z, which is zero only where the features can
@@ -246,6 +247,8 @@ class MemoryLayer(nn.Module):
         ``state``: a `LayerState` from `initial_state`, a previous call or `step`; None
         starts a new sequence.
         """
+        if state is None and not return_state and active_stream() is not None:
+            return run_streamed(self, x, self.initial_state, self._continue)
         if state is None:
             state = self.initial_state(x.shape[0])
         inputs, caches = self._core_inputs(x, state.conv)
@@ -255,6 +258,11 @@ class MemoryLayer(nn.Module):
             return y
         assert memory is not None
         return y, LayerState(memory, caches, pending, state.recall_conv)
+
+    def _continue(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+        y, new_state = self.forward(x, state, return_state=True)
+        assert isinstance(y, Tensor)
+        return y, new_state
 
     def recall(self, x: Tensor, state: LayerState | None) -> tuple[Tensor, LayerState]:
         """Read the memory as ``state`` holds it, without writing: ``M_W(scale q(x))``;
@@ -282,8 +290,7 @@ class MemoryLayer(nn.Module):
 
     def step(self, x_t: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
         """One token: ``x_t`` ``[B, d_model]`` -> (``y_t`` ``[B, d_model]``, next state)."""
-        y, new_state = self.forward(x_t.unsqueeze(1), state, return_state=True)
-        assert isinstance(y, Tensor)
+        y, new_state = self._continue(x_t.unsqueeze(1), state)
         return y.squeeze(1), new_state
 
     def _core_inputs(self, x: Tensor, caches: tuple[Tensor, ...]) -> tuple[CoreInputs, tuple]:

@@ -59,6 +59,7 @@ from archdsl.mixers.layer_parts import (
 )
 from archdsl.mixers.recurrent import MixerState, recurrent_form, scan_state, scan_step
 from archdsl.mixers.selective_params import SelectiveParams, dt_rank
+from archdsl.runtime.streaming import active_stream, rerun_on_history, run_streamed
 
 _SKIP_CLASSES = frozenset({"semiseparable", "toeplitz", "vandermonde", "cauchy"})
 
@@ -83,6 +84,7 @@ class MatrixMixerLayer(nn.Module):
             raise ValueError(f"d_inner {self.d_inner} is not divisible by heads {self.heads}")
         self.headdim = self.d_inner // self.heads
         self.selective = is_selective(mixer)
+        self.steps = _has_recurrence(mixer)  # constant-size state for `step`
         data = (mixer.data and mixer.cls not in ("dense", "toeplitz")) or self.selective
         self.core = core_for_mixer(mixer.model_copy(update={"data": data}), backend)
 
@@ -132,6 +134,21 @@ class MatrixMixerLayer(nn.Module):
         return ExplicitFilter(h, m.max_len, self.causal)
 
     def forward(self, u: Tensor) -> Tensor:
+        if active_stream() is not None:  # generation (`archdsl.runtime.streaming`)
+            if self.steps:
+                return run_streamed(self, u, self.initial_state, self._step_through)
+            return rerun_on_history(self, u, self._whole)
+        return self._whole(u)
+
+    def _step_through(self, u: Tensor, state: MixerState) -> tuple[Tensor, MixerState]:
+        """`step` over every token of ``u [B, T, d_model]``."""
+        outs = []
+        for t in range(u.shape[1]):
+            y, state = self.step(u[:, t], state)
+            outs.append(y)
+        return torch.stack(outs, dim=1), state
+
+    def _whole(self, u: Tensor) -> Tensor:
         z, xt, dts = self._project(u)
         if self.conv is not None:
             xt = self.conv(xt)
@@ -239,3 +256,12 @@ class MatrixMixerLayer(nn.Module):
         if m.cls == "cauchy" and m.data:
             y = y / m.state
         return y
+
+
+def _has_recurrence(mixer: MatrixMixer) -> bool:
+    """Whether `recurrent_form` gives the mixer a one-token step."""
+    try:
+        recurrent_form(mixer)
+    except NotImplementedError:
+        return False
+    return True

@@ -18,6 +18,7 @@ from archdsl.runtime.positions import (
     rope_frequencies,
     xpos_scale,
 )
+from archdsl.runtime.streaming import active_stream, rerun_on_history
 
 
 def attention_mask(
@@ -90,7 +91,10 @@ class AttentionLayer(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """x [B, T, d_model] -> [B, T, d_model]. ``context`` [B, C, d_model]: tokens every
-        query sees (after the persistent ones), e.g. the memory read of Titans MAC."""
+        query sees (after the persistent ones), e.g. the memory read of Titans MAC.
+        Streaming (`archdsl.runtime.streaming`): recomputed over the input history."""
+        if context is None and active_stream() is not None:
+            return rerun_on_history(self, x, self.forward)
         b, t, _ = x.shape
         prefix = [self.persistent.to(x.dtype).expand(b, -1, -1)] if self.att.persistent else []
         if context is not None:

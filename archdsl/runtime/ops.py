@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from archdsl.runtime.streaming import active_stream, run_streamed
+
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "sigmoid": torch.sigmoid,
     "silu": F.silu,
@@ -94,10 +96,21 @@ class ShortConv(nn.Module):
         self.act = ACTIVATIONS["silu"] if act == "silu" else ACTIVATIONS["identity"]
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.causal and active_stream() is not None:  # continue from the last inputs
+            return run_streamed(self, x, self._empty_window, self._continue)
         k = self.kernel
         left = k - 1 if self.causal else (k - 1) // 2
         h = F.pad(x.transpose(1, 2), (left, k - 1 - left))
         return self.act(self.conv(h).transpose(1, 2))
+
+    def _empty_window(self, batch: int) -> Tensor:
+        return self.conv.weight.new_zeros(batch, self.kernel - 1, self.conv.in_channels)
+
+    def _continue(self, x: Tensor, window: Tensor) -> tuple[Tensor, Tensor]:
+        """Causal conv of ``x [B, T, C]`` after the previous ``k - 1`` inputs ``window``."""
+        h = torch.cat([window.to(x.dtype), x], dim=1)
+        y = self.act(self.conv(h.transpose(1, 2)).transpose(1, 2))
+        return y, h[:, h.shape[1] - (self.kernel - 1) :]
 
 
 class TokenShift(nn.Module):
@@ -108,8 +121,17 @@ class TokenShift(nn.Module):
         self.mu = nn.Parameter(torch.full((width,), 0.5))
 
     def forward(self, x: Tensor) -> Tensor:
+        if active_stream() is not None:  # continue from the last input
+            return run_streamed(self, x, self._empty_last, self._continue)
         prev = F.pad(x, (0, 0, 1, -1))
         return x + self.mu * (prev - x)
+
+    def _empty_last(self, batch: int) -> Tensor:
+        return self.mu.new_zeros(batch, 1, self.mu.shape[0])
+
+    def _continue(self, x: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
+        prev = torch.cat([last.to(x.dtype), x[:, :-1]], dim=1)
+        return x + self.mu * (prev - x), x[:, -1:]
 
 
 class Scale(nn.Module):

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from archdsl.ir.spec import Arch
 from archdsl.runtime.context import BuildContext
 from archdsl.runtime.heads import Embedding, OutputHead
+from archdsl.runtime.streaming import StreamingModel
 
 IR_HASH = 'c7b03801a7cbf756'
 ARCH = Arch.model_validate_json('{"blocks": [{"body": [{"target": "x", "value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "hydra_mixer", "kwargs": []}}}, {"value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "mlp", "kwargs": [{"name": "expand", "value": {"value": 4.0}}, {"name": "act", "value": {"name": "gelu"}}]}}}], "name": "layer", "params": ["x"], "segment": 0}], "mixers": [{"cls": "quasiseparable", "conv": 7, "data": true, "direction": "bidirectional", "expand": 2.0, "gate": true, "headdim": 64, "kernel": "explicit", "max_len": 0, "name": "hydra_mixer", "state": 64}], "model": {"head": {"classes": 0, "kind": "masked_lm", "norm": "rms", "pool": "mean", "tied": true, "vocab": 30522}, "stages": [{"body": [{"block": "layer"}], "n": 12, "shared": false}]}, "name": "hydra", "params": [{"name": "d_model", "value": 768}, {"name": "heads", "value": 12}, {"name": "layers", "value": 12}, {"name": "vocab", "value": 30522}]}')
@@ -61,7 +62,7 @@ class Body(nn.Module):
         return h
 
 
-class Model(nn.Module):
+class Model(StreamingModel):
     """hydra: embedding, 1 stage(s), masked_lm head."""
 
     def __init__(self, ctx: BuildContext) -> None:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from archdsl.ir.spec import Arch
 from archdsl.runtime.context import BuildContext
 from archdsl.runtime.heads import Embedding, OutputHead
+from archdsl.runtime.streaming import StreamingModel
 
 IR_HASH = '0d3b389c3b6d9302'
 ARCH = Arch.model_validate_json('{"blocks": [{"body": [{"target": "h", "value": {"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}}, {"target": "x", "value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"lhs": {"args": [{"name": "h"}], "func": "long_conv", "kwargs": []}, "op": "*", "rhs": {"args": [{"args": [{"args": [{"name": "h"}], "func": "shortconv", "kwargs": [{"name": "kernel", "value": {"value": 3}}, {"name": "causal", "value": {"value": true}}]}], "func": "linear", "kwargs": [{"name": "bias", "value": {"value": false}}]}], "func": "sigmoid", "kwargs": []}}], "func": "linear", "kwargs": [{"name": "bias", "value": {"value": false}}]}}}, {"value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "mlp", "kwargs": [{"name": "expand", "value": {"value": 4.0}}, {"name": "act", "value": {"name": "gelu"}}]}}}], "name": "layer", "params": ["x"], "segment": 0}], "mixers": [{"cls": "toeplitz", "conv": 3, "data": false, "direction": "causal", "expand": 1.0, "gate": true, "headdim": 64, "kernel": "implicit", "max_len": 0, "name": "long_conv", "state": 64}], "model": {"head": {"classes": 0, "kind": "causal_lm", "norm": "rms", "pool": "mean", "tied": false, "vocab": 32000}, "stages": [{"body": [{"block": "layer"}], "n": 8, "shared": false}]}, "name": "hyena", "params": [{"name": "d_model", "value": 512}, {"name": "heads", "value": 8}, {"name": "layers", "value": 8}, {"name": "vocab", "value": 32000}]}')
@@ -70,7 +71,7 @@ class Body(nn.Module):
         return h
 
 
-class Model(nn.Module):
+class Model(StreamingModel):
     """hyena: embedding, 1 stage(s), causal_lm head."""
 
     def __init__(self, ctx: BuildContext) -> None:

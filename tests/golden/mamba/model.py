@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from archdsl.ir.spec import Arch
 from archdsl.runtime.context import BuildContext
 from archdsl.runtime.heads import Embedding, OutputHead
+from archdsl.runtime.streaming import StreamingModel
 
 IR_HASH = '0127f5331b48b0e1'
 ARCH = Arch.model_validate_json('{"blocks": [{"body": [{"value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "s6", "kwargs": []}}}], "name": "layer", "params": ["x"], "segment": 0}], "mixers": [{"cls": "semiseparable", "conv": 4, "data": true, "direction": "causal", "expand": 2.0, "gate": true, "headdim": 64, "kernel": "selective", "max_len": 0, "name": "s6", "state": 16}], "model": {"head": {"classes": 0, "kind": "causal_lm", "norm": "rms", "pool": "mean", "tied": true, "vocab": 50280}, "stages": [{"body": [{"block": "layer"}], "n": 24, "shared": false}]}, "name": "mamba", "params": [{"name": "d_model", "value": 768}, {"name": "heads", "value": 12}, {"name": "layers", "value": 24}, {"name": "vocab", "value": 50280}]}')
@@ -56,7 +57,7 @@ class Body(nn.Module):
         return h
 
 
-class Model(nn.Module):
+class Model(StreamingModel):
     """mamba: embedding, 1 stage(s), causal_lm head."""
 
     def __init__(self, ctx: BuildContext) -> None:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from archdsl.ir.spec import Arch
 from archdsl.runtime.context import BuildContext
 from archdsl.runtime.heads import Embedding, OutputHead
+from archdsl.runtime.streaming import StreamingModel
 
 IR_HASH = 'f8ecfbf3bbe15284'
 ARCH = Arch.model_validate_json('{"blocks": [{"body": [{"value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "memory", "kwargs": []}}}], "name": "layer", "params": ["x"], "segment": 0}], "mixers": [{"batch": 1, "bias": {"delta": null, "form": "coord", "kind": "dot", "p": 2.0, "radius": 0.0}, "features": {"act": "silu", "act_on": "qkv", "conv": 4, "dk": 128, "dv": 64, "norm": "none", "normalizer": false, "out_gate": "silu", "out_norm": "rms", "persistent": 0, "scale": 1.0}, "learner": {"beta": null, "kind": "gd", "lr": {"act": "mamba", "formula": null, "mode": "data", "per": "head", "rank": 0, "value": null}, "n": 1}, "name": "memory", "retention": {"alpha": {"act": "mamba", "formula": null, "mode": "data", "per": "head", "rank": 0, "value": null}, "kind": "decay", "l1": 0.0, "l2": 0.0, "q": 2.0, "tie_key": false, "when": "before"}, "structure": {"act": "gelu", "depth": 2, "expand": 4.0, "kind": "matrix", "norm": "none", "residual": false}}], "model": {"head": {"classes": 0, "kind": "causal_lm", "norm": "rms", "pool": "mean", "tied": true, "vocab": 32000}, "stages": [{"body": [{"block": "layer"}], "n": 24, "shared": false}]}, "name": "mamba2", "params": [{"name": "d_model", "value": 768}, {"name": "heads", "value": 24}, {"name": "layers", "value": 24}, {"name": "vocab", "value": 32000}, {"name": "state", "value": 128}]}')
@@ -56,7 +57,7 @@ class Body(nn.Module):
         return h
 
 
-class Model(nn.Module):
+class Model(StreamingModel):
     """mamba2: embedding, 1 stage(s), causal_lm head."""
 
     def __init__(self, ctx: BuildContext) -> None:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from archdsl.ir.spec import Arch
 from archdsl.runtime.context import BuildContext
 from archdsl.runtime.heads import Embedding, OutputHead
+from archdsl.runtime.streaming import StreamingModel
 
 IR_HASH = '0c893f9d7a9b9113'
 ARCH = Arch.model_validate_json('{"blocks": [{"body": [{"target": "x", "value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "layernorm", "kwargs": [{"name": "eps", "value": {"value": 1e-05}}]}], "func": "qs", "kwargs": []}}}, {"value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "layernorm", "kwargs": [{"name": "eps", "value": {"value": 1e-05}}]}], "func": "mlp", "kwargs": [{"name": "expand", "value": {"value": 4.0}}, {"name": "act", "value": {"name": "gelu"}}]}}}], "name": "layer", "params": ["x"], "segment": 0}], "mixers": [{"cls": "quasiseparable", "conv": 7, "data": true, "direction": "bidirectional", "expand": 2.0, "gate": true, "headdim": 64, "kernel": "explicit", "max_len": 0, "name": "qs", "state": 32}], "model": {"head": {"classes": 2, "kind": "classifier", "norm": "rms", "pool": "mean", "tied": false, "vocab": 30522}, "stages": [{"body": [{"block": "layer"}], "n": 8, "shared": false}]}, "name": "qs_encoder", "params": [{"name": "d_model", "value": 512}, {"name": "heads", "value": 8}, {"name": "layers", "value": 8}, {"name": "vocab", "value": 30522}, {"name": "classes", "value": 2}]}')
@@ -61,7 +62,7 @@ class Body(nn.Module):
         return h
 
 
-class Model(nn.Module):
+class Model(StreamingModel):
     """qs_encoder: embedding, 1 stage(s), classifier head."""
 
     def __init__(self, ctx: BuildContext) -> None:

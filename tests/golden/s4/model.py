@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from archdsl.ir.spec import Arch
 from archdsl.runtime.context import BuildContext
 from archdsl.runtime.heads import Embedding, OutputHead
+from archdsl.runtime.streaming import StreamingModel
 
 IR_HASH = '04c12929911a04d2'
 ARCH = Arch.model_validate_json('{"blocks": [{"body": [{"target": "x", "value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "layernorm", "kwargs": [{"name": "eps", "value": {"value": 1e-05}}]}], "func": "s4_mixer", "kwargs": []}}}, {"value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "layernorm", "kwargs": [{"name": "eps", "value": {"value": 1e-05}}]}], "func": "mlp", "kwargs": [{"name": "expand", "value": {"value": 2.0}}, {"name": "act", "value": {"name": "gelu"}}]}}}], "name": "layer", "params": ["x"], "segment": 0}], "mixers": [{"cls": "cauchy", "conv": 0, "data": false, "direction": "causal", "expand": 1.0, "gate": true, "headdim": 64, "kernel": "explicit", "max_len": 0, "name": "s4_mixer", "state": 64}], "model": {"head": {"classes": 0, "kind": "causal_lm", "norm": "rms", "pool": "mean", "tied": false, "vocab": 32000}, "stages": [{"body": [{"block": "layer"}], "n": 6, "shared": false}]}, "name": "s4", "params": [{"name": "d_model", "value": 512}, {"name": "heads", "value": 8}, {"name": "layers", "value": 6}, {"name": "vocab", "value": 32000}, {"name": "state", "value": 64}]}')
@@ -61,7 +62,7 @@ class Body(nn.Module):
         return h
 
 
-class Model(nn.Module):
+class Model(StreamingModel):
     """s4: embedding, 1 stage(s), causal_lm head."""
 
     def __init__(self, ctx: BuildContext) -> None:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from archdsl.ir.spec import Arch
 from archdsl.runtime.context import BuildContext
 from archdsl.runtime.heads import Embedding, OutputHead
+from archdsl.runtime.streaming import StreamingModel
 
 IR_HASH = 'bbc3734e03df3cf8'
 ARCH = Arch.model_validate_json('{"blocks": [{"body": [{"target": "h", "value": {"args": [{"name": "memory"}, {"name": "x"}], "func": "recall", "kwargs": []}}, {"target": "y", "value": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}, {"name": "h"}], "func": "core_attn", "kwargs": []}}, {"target": "x", "value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"lhs": {"args": [{"name": "y"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}, "op": "*", "rhs": {"args": [{"args": [{"args": [{"name": "y"}], "func": "memory", "kwargs": []}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "sigmoid", "kwargs": []}}], "func": "linear", "kwargs": [{"name": "bias", "value": {"value": false}}]}}}, {"value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "swiglu", "kwargs": [{"name": "expand", "value": {"value": 4.0}}]}}}], "name": "mac", "params": ["x"], "segment": 512}], "mixers": [{"causal": true, "heads": null, "kv_heads": null, "name": "core_attn", "persistent": 4, "pos": "rope", "prefix": 0, "qk_norm": false, "rope_base": 10000.0, "rope_factor": 1.0, "rope_scaling": "none", "sinks": 0, "window": 0}, {"batch": 64, "bias": {"delta": null, "form": "coord", "kind": "l2", "p": 2.0, "radius": 0.0}, "features": {"act": "silu", "act_on": "qkv", "conv": 4, "dk": null, "dv": null, "norm": "l2", "normalizer": false, "out_gate": "sigmoid", "out_norm": "rms", "persistent": 0, "scale": null}, "learner": {"beta": {"act": "sigmoid", "formula": null, "mode": "data", "per": "head", "rank": 0, "value": null}, "kind": "momentum", "lr": {"act": "sigmoid", "formula": null, "mode": "data", "per": "head", "rank": 0, "value": null}, "n": 1}, "name": "memory", "retention": {"alpha": {"act": "logsigmoid", "formula": null, "mode": "data", "per": "head", "rank": 0, "value": null}, "kind": "decay", "l1": 0.0, "l2": 0.0, "q": 2.0, "tie_key": false, "when": "after"}, "structure": {"act": "silu", "depth": 2, "expand": 4.0, "kind": "mlp", "norm": "none", "residual": true}}], "model": {"head": {"classes": 0, "kind": "causal_lm", "norm": "rms", "pool": "mean", "tied": false, "vocab": 32000}, "stages": [{"body": [{"block": "mac"}], "n": 12, "shared": false}]}, "name": "titans_mac", "params": [{"name": "d_model", "value": 768}, {"name": "heads", "value": 12}, {"name": "layers", "value": 12}, {"name": "vocab", "value": 32000}, {"name": "persistent", "value": 4}, {"name": "chunk", "value": 64}, {"name": "segment", "value": 512}, {"name": "window", "value": 512}, {"name": "memory_persistent", "value": 0}]}')
@@ -77,7 +78,7 @@ class Body(nn.Module):
         return h
 
 
-class Model(nn.Module):
+class Model(StreamingModel):
     """titans_mac: embedding, 1 stage(s), causal_lm head."""
 
     def __init__(self, ctx: BuildContext) -> None:

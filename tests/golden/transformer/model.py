@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from archdsl.ir.spec import Arch
 from archdsl.runtime.context import BuildContext
 from archdsl.runtime.heads import Embedding, OutputHead
+from archdsl.runtime.streaming import StreamingModel
 
 IR_HASH = 'f08863f3b03ca013'
 ARCH = Arch.model_validate_json('{"blocks": [{"body": [{"target": "x", "value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "attn", "kwargs": []}}}, {"value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "swiglu", "kwargs": [{"name": "expand", "value": {"value": 2.6666666666666665}}]}}}], "name": "layer", "params": ["x"], "segment": 0}], "mixers": [{"causal": true, "heads": null, "kv_heads": null, "name": "attn", "persistent": 0, "pos": "rope", "prefix": 0, "qk_norm": false, "rope_base": 10000.0, "rope_factor": 1.0, "rope_scaling": "none", "sinks": 0, "window": 0}], "model": {"head": {"classes": 0, "kind": "causal_lm", "norm": "rms", "pool": "mean", "tied": false, "vocab": 32000}, "stages": [{"body": [{"block": "layer"}], "n": 8, "shared": false}]}, "name": "transformer", "params": [{"name": "d_model", "value": 512}, {"name": "heads", "value": 8}, {"name": "layers", "value": 8}, {"name": "vocab", "value": 32000}]}')
@@ -61,7 +62,7 @@ class Body(nn.Module):
         return h
 
 
-class Model(nn.Module):
+class Model(StreamingModel):
     """transformer: embedding, 1 stage(s), causal_lm head."""
 
     def __init__(self, ctx: BuildContext) -> None:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from archdsl.ir.spec import Arch
 from archdsl.runtime.context import BuildContext
 from archdsl.runtime.heads import Embedding, OutputHead
+from archdsl.runtime.streaming import StreamingModel
 
 IR_HASH = 'cd632547ad9b8e5d'
 ARCH = Arch.model_validate_json('{"blocks": [{"body": [{"target": "x", "value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "memory", "kwargs": []}}}, {"value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "swiglu", "kwargs": [{"name": "expand", "value": {"value": 2.6666666666666665}}]}}}], "name": "layer", "params": ["x"], "segment": 0}], "mixers": [{"batch": 16, "bias": {"delta": null, "form": "coord", "kind": "l2", "p": 2.0, "radius": 0.0}, "features": {"act": "none", "act_on": "qkv", "conv": 0, "dk": null, "dv": null, "norm": "none", "normalizer": false, "out_gate": "silu", "out_norm": "rms", "persistent": 0, "scale": null}, "learner": {"beta": null, "kind": "gd", "lr": {"act": "sigmoid", "formula": null, "mode": "data", "per": "head", "rank": 0, "value": null}, "n": 1}, "name": "memory", "retention": {"alpha": null, "kind": "none", "l1": 0.0, "l2": 0.0, "q": 2.0, "tie_key": false, "when": "before"}, "structure": {"act": "gelu", "depth": 1, "expand": 4.0, "kind": "mlp", "norm": "layer", "residual": true}}], "model": {"head": {"classes": 0, "kind": "causal_lm", "norm": "rms", "pool": "mean", "tied": false, "vocab": 32000}, "stages": [{"body": [{"block": "layer"}], "n": 12, "shared": false}]}, "name": "ttt", "params": [{"name": "d_model", "value": 768}, {"name": "heads", "value": 12}, {"name": "layers", "value": 12}, {"name": "vocab", "value": 32000}]}')
@@ -61,7 +62,7 @@ class Body(nn.Module):
         return h
 
 
-class Model(nn.Module):
+class Model(StreamingModel):
     """ttt: embedding, 1 stage(s), causal_lm head."""
 
     def __init__(self, ctx: BuildContext) -> None:

@@ -1,0 +1,167 @@
+"""Token-by-token generation for compiled causal language models (`StreamingModel`).
+
+``stream = model.begin(batch)`` starts a sequence; ``model.extend(ids, stream)`` feeds
+``ids [B, T]`` more tokens (a prompt, or one token at a time) and returns their logits
+``[B, T, vocab]``; ``model.step(ids [B], stream)`` is ``extend`` for one token. Feeding a
+sequence in any pieces gives exactly ``model(ids)``'s logits (tested for every causal
+spec). The stream is updated in place (``copy.deepcopy`` branches it).
+
+How. ``extend`` runs the generated ``forward`` on the new tokens only, with the stream
+active: every module that mixes tokens then continues from its state instead of starting
+a sequence (`run_streamed`):
+
+- memories and matrix mixers with a recurrence keep their constant-size states (a memory
+  runs its chunked forward from its state, so a prompt is one chunked call; a mixer steps
+  token by token), short convolutions their last ``k - 1`` inputs, token shifts their last
+  input;
+- attention and the mixers without a constant-size state (Toeplitz / Hyena, S4's Cauchy
+  kernel) keep their input history and recompute over it (`rerun_on_history`): exact
+  but ``O(T)`` per token (a key/value cache is not implemented);
+- per-token modules (norms, MLPs, projections, heads) need nothing.
+
+A module called several times per token (shared weights) gets one state per call, in
+call order. Not supported (refused by `begin` with the reason): heads other than a causal
+LM, segmented blocks (Titans MAC's ``recall``), and S4 kernels whose length is the
+call's (no ``max_len``: the outputs depend on the sequence length).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from archdsl.ir.mixers import MatrixMixer
+from archdsl.ir.spec import Arch
+
+
+class Stream:
+    """The states of one batch of sequences being extended (see the module doc)."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.length = 0  # tokens fed so far
+        self.states: dict[tuple[nn.Module, int], Any] = {}
+        self._calls: Counter[nn.Module] = Counter()
+
+    def slot(self, module: nn.Module) -> tuple[nn.Module, int]:
+        """The key of this call of ``module`` in the current ``extend`` (call order)."""
+        n = self._calls[module]
+        self._calls[module] = n + 1
+        return module, n
+
+    def new_call(self) -> None:
+        self._calls.clear()
+
+
+_ACTIVE: ContextVar[Stream | None] = ContextVar("archdsl_stream", default=None)
+
+
+def active_stream() -> Stream | None:
+    """The stream being extended, if any (modules check it in ``forward``)."""
+    return _ACTIVE.get()
+
+
+@contextmanager
+def _activated(stream: Stream | None) -> Iterator[None]:
+    token = _ACTIVE.set(stream)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def run_streamed(
+    module: nn.Module,
+    x: Tensor,
+    initial: Callable[[int], Any],
+    advance: Callable[[Tensor, Any], tuple[Tensor, Any]],
+) -> Tensor:
+    """``module``'s output for the new tokens ``x [B, T, ...]``, continuing from its state
+    in the active stream (``initial(batch)`` the first time); ``advance(x, state)`` returns
+    the output and the next state. The module's own submodules run with no stream active."""
+    stream = active_stream()
+    assert stream is not None
+    key = stream.slot(module)
+    with _activated(None):
+        state = stream.states.get(key)
+        if state is None:
+            state = initial(x.shape[0])
+        y, stream.states[key] = advance(x, state)
+    return y
+
+
+def rerun_on_history(module: nn.Module, x: Tensor, forward: Callable[[Tensor], Tensor]) -> Tensor:
+    """The outputs for the new tokens ``x [B, T, ...]`` of a causal module without a
+    constant-size state: ``forward`` over every input so far, the last ``T`` rows kept."""
+
+    def advance(new: Tensor, history: Tensor | None) -> tuple[Tensor, Tensor]:
+        full = new if history is None else torch.cat([history, new], dim=1)
+        return forward(full)[:, -new.shape[1] :], full
+
+    return run_streamed(module, x, lambda _: None, advance)
+
+
+def unsupported_reason(arch: Arch) -> str | None:
+    """Why a model of ``arch`` cannot be streamed, or None."""
+    if arch.model is None or arch.model.head.kind != "causal_lm":
+        kind = "none" if arch.model is None else arch.model.head.kind
+        return (
+            f"step / extend generate tokens of a causal language model; this model's head "
+            f"is {kind!r}"
+        )
+    segmented = [b.name for b in arch.blocks if b.segment]
+    if segmented:
+        return (
+            f"block '{segmented[0]}' is segmented (segment(n), recall): streaming such "
+            "blocks is not supported yet; run the model on whole sequences"
+        )
+    for m in arch.mixers:
+        if isinstance(m, MatrixMixer) and length_dependent(m):
+            return (
+                f"mixer '{m.name}' computes S4's kernel for the length of each call "
+                "(C~ = C (I - A^L), L = T): its outputs depend on how long the sequence "
+                "is; give it a fixed `max_len` to stream"
+            )
+    return None
+
+
+def length_dependent(m: MatrixMixer) -> bool:
+    """Whether the mixer's outputs depend on the call's length (S4 with ``L = T``)."""
+    s4 = (m.cls == "cauchy" and not m.data) or (m.cls == "toeplitz" and m.kernel == "s4")
+    return s4 and m.max_len <= 0
+
+
+class StreamingModel(nn.Module):
+    """Base of the generated causal-LM ``Model``: ``begin``, ``extend``, ``step``."""
+
+    arch: Arch
+
+    def begin(self, batch: int) -> Stream:
+        """A new stream of ``batch`` sequences (ValueError where streaming is not
+        supported, with the reason)."""
+        reason = unsupported_reason(self.arch)
+        if reason is not None:
+            raise ValueError(f"{self.arch.name}: {reason}")
+        return Stream(batch)
+
+    def extend(self, ids: Tensor, stream: Stream) -> Tensor:
+        """Logits ``[B, T, vocab]`` of the next ``T`` tokens ``ids [B, T]``."""
+        if ids.dim() != 2 or ids.shape[0] != stream.batch:
+            raise ValueError(
+                f"extend: ids must be [batch = {stream.batch}, T], got {tuple(ids.shape)}"
+            )
+        stream.new_call()
+        with _activated(stream):
+            logits = self(ids)
+        stream.length += ids.shape[1]
+        return logits
+
+    def step(self, ids: Tensor, stream: Stream) -> Tensor:
+        """Logits ``[B, vocab]`` of one more token per sequence, ``ids [B]``."""
+        return self.extend(ids.unsqueeze(1), stream)[:, 0]
