@@ -194,11 +194,12 @@ class _BothDirections:
         if rows > size:
             out[:, :, size:].zero_()
         out_fw, out_bw = out[:batch, :, :size], out[batch:, :, :size]
-        out_fw.copy_(fwd.transpose(1, 2))
-        out_bw.copy_(flip_time(rev).transpose(1, 2))
-        if rates is not None:
-            for target, rate in zip((out_fw, out_bw), rates):
-                target.mul_(rate.transpose(1, 2).unsqueeze(-1))
+        sources = (fwd.transpose(1, 2), flip_time(rev).transpose(1, 2))
+        for target, source, j in zip((out_fw, out_bw), sources, (0, 1)):
+            if rates is None:
+                target.copy_(source)
+            else:  # the layout copy and the rate in one pass
+                torch.mul(source, rates[j].transpose(1, 2).unsqueeze(-1), out=target)
         return out.view(-1, self.chunk, d)
 
     def write(self, o: Tensor, t0: int, t1: int, ws: Workspace) -> None:
