@@ -104,3 +104,55 @@ def test_token_shift_and_short_conv_ops_continue(tmp_path: Path) -> None:
         "model = causal_lm(vocab) { repeat(layers) layer }\n"
     )
     test_pieces_give_the_whole_sequence_logits(spec)
+
+
+ATTENTION_VARIANTS = [
+    "causal, pos = rope, window = 5, sinks = 2",
+    "causal, pos = alibi, kv_heads = 1, qk_norm = true",
+    "causal, pos = relative, persistent = 3",
+    "causal, pos = rope, rope_scaling = xpos, persistent = 2, window = 4",
+    "causal, pos = none",
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("options", ATTENTION_VARIANTS)
+def test_attention_cache_follows_masks_and_positions(
+    tmp_path: Path, options: str, backend: str
+) -> None:
+    """The key/value cache against one call on the whole sequence, for the masks and
+    position schemes no spec in specs/ uses."""
+    spec = tmp_path / "attn.arch"
+    spec.write_text(
+        "arch attn(d_model = 16, heads = 2, layers = 2, vocab = 20)\n"
+        f"mixer att = attention({options})\n"
+        "block layer(x) {\n"
+        "  x = x + att(rmsnorm(x))\n"
+        "  return x + mlp(rmsnorm(x), expand = 2, act = gelu)\n"
+        "}\n"
+        "model = causal_lm(vocab) { repeat(layers) layer }\n"
+    )
+    torch.manual_seed(0)
+    model = archdsl.build(spec, backend=backend).double().eval()
+    ids = torch.randint(0, 20, (2, 13))
+    with torch.no_grad():
+        whole = model(ids)
+        stream = model.begin(2)
+        pieces = [model.extend(ids[:, :5], stream)]
+        pieces += [model.step(ids[:, t], stream).unsqueeze(1) for t in range(5, 9)]
+        pieces.append(model.extend(ids[:, 9:], stream))
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-7, atol=1e-9)
+
+
+def test_prefix_lm_attention_is_refused(tmp_path: Path) -> None:
+    spec = tmp_path / "prefix.arch"
+    spec.write_text(
+        "arch prefix(d_model = 16, heads = 2, layers = 1, vocab = 20)\n"
+        "mixer att = attention(causal, prefix = 4)\n"
+        "block layer(x) {\n"
+        "  return x + att(rmsnorm(x))\n"
+        "}\n"
+        "model = causal_lm(vocab) { repeat(layers) layer }\n"
+    )
+    with pytest.raises(ValueError, match="prefix LM"):
+        archdsl.build(spec).begin(1)

@@ -5,6 +5,7 @@ tokens and sinks. Backends: `reference` (explicit softmax over the materialised 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +19,14 @@ from archdsl.runtime.positions import (
     rope_frequencies,
     xpos_scale,
 )
-from archdsl.runtime.streaming import active_stream, rerun_on_history
+from archdsl.runtime.streaming import active_stream, run_streamed
 
 
 def attention_mask(
-    att: Attention, t: int, device: torch.device | None = None, extra: int = 0
+    att: Attention, t: int, device: torch.device | None = None, extra: int = 0, first_row: int = 0
 ) -> Tensor:
-    """Boolean [T + P, T + P] mask (True = may attend) for P always-visible tokens then T tokens.
+    """Boolean [T + P, T + P] mask (True = may attend) for P always-visible tokens then T tokens
+    (only its rows from ``first_row`` on: the queries of a streamed call).
 
     P = the persistent tokens plus `extra` context tokens (Titans MAC's retrieved memory).
     Composition: causal (j <= i) OR within the prefix (both < prefix) ; AND within the
@@ -35,9 +37,9 @@ def attention_mask(
     """
     p = att.persistent + extra
     n = t + p
-    i = torch.arange(n, device=device)[:, None] - p  # token positions; persistent < 0
+    i = torch.arange(first_row, n, device=device)[:, None] - p  # token positions; persistent < 0
     j = torch.arange(n, device=device)[None, :] - p
-    allowed = torch.ones(n, n, dtype=torch.bool, device=device)
+    allowed = torch.ones(n - first_row, n, dtype=torch.bool, device=device)
     if att.causal:
         in_prefix = (i < att.prefix) & (j < att.prefix)
         allowed = (j <= i) | in_prefix
@@ -92,9 +94,10 @@ class AttentionLayer(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """x [B, T, d_model] -> [B, T, d_model]. ``context`` [B, C, d_model]: tokens every
         query sees (after the persistent ones), e.g. the memory read of Titans MAC.
-        Streaming (`archdsl.runtime.streaming`): recomputed over the input history."""
+        Streaming (`archdsl.runtime.streaming`): the new tokens' queries against a cache of
+        every key and value so far (`_extend_cache`)."""
         if context is None and active_stream() is not None:
-            return rerun_on_history(self, x, self.forward)
+            return run_streamed(self, x, self._empty_cache, self._extend_cache)
         b, t, _ = x.shape
         prefix = [self.persistent.to(x.dtype).expand(b, -1, -1)] if self.att.persistent else []
         if context is not None:
@@ -118,25 +121,78 @@ class AttentionLayer(nn.Module):
         return self.o_proj(y)
 
     def _rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        if self.att.pos != "rope":
-            return q, k
-        pos = positions.clamp(min=0)
-        scaling, factor = self.att.rope_scaling, self.att.rope_factor
-        q = apply_rope(q, pos, self.inv_freq, scaling, factor)
-        k = apply_rope(k, pos, self.inv_freq, scaling, factor)
-        if scaling == "xpos":
-            scale = xpos_scale(self.head_dim, pos).to(q.dtype)[None, :, None, :]
-            q, k = q * scale, k / scale
-        return q, k
+        return self._rotated(q, positions, key=False), self._rotated(k, positions, key=True)
 
-    def _bias(self, q: Tensor, positions: Tensor) -> Tensor | None:
-        """Additive logits from the position scheme, [B or 1, H, N, N], or None."""
+    def _rotated(self, z: Tensor, positions: Tensor, key: bool) -> Tensor:
+        """Queries or keys ``[B, N, H, hd]`` at ``positions`` after rope (xpos: queries
+        times the scale, keys divided by it); persistent tokens (< 0) sit at 0."""
+        if self.att.pos != "rope":
+            return z
+        pos = positions.clamp(min=0)
+        z = apply_rope(z, pos, self.inv_freq, self.att.rope_scaling, self.att.rope_factor)
+        if self.att.rope_scaling == "xpos":
+            scale = xpos_scale(self.head_dim, pos).to(z.dtype)[None, :, None, :]
+            z = z / scale if key else z * scale
+        return z
+
+    def _bias(
+        self, q: Tensor, positions: Tensor, k_positions: Tensor | None = None
+    ) -> Tensor | None:
+        """Additive logits from the position scheme, [B or 1, H, N, S] (queries at
+        ``positions``, keys at ``k_positions``, by default the same), or None."""
+        k_positions = positions if k_positions is None else k_positions
         if self.att.pos == "alibi":
-            dist = (positions[:, None] - positions[None, :]).abs().to(q.dtype)
+            dist = (positions[:, None] - k_positions[None, :]).abs().to(q.dtype)
             return -self.slopes.to(q.dtype)[None, :, None, None] * dist[None, None]
         if self.att.pos == "relative":
-            return self.relative(q.transpose(1, 2), positions, positions)
+            return self.relative(q.transpose(1, 2), positions, k_positions)
         return None
+
+    # ------------------------------------------------------------------------- streaming
+    def _kv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys (normed, rotated) and values of ``x [B, N, d_model]`` at ``positions``."""
+        b, n, _ = x.shape
+        k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim)
+        if self.att.qk_norm:
+            k = self.k_norm(k)
+        return self._rotated(k, positions, key=True), v
+
+    def _empty_cache(self, batch: int) -> KVCache:
+        """The cache before the first token: the persistent tokens' keys and values."""
+        like = self.q_proj.weight
+        p = self.att.persistent
+        if not p:
+            empty = like.new_zeros(batch, 0, self.kv_heads, self.head_dim)
+            return KVCache(empty, empty, 0)
+        tokens = self.persistent.expand(batch, -1, -1)
+        k, v = self._kv(tokens, torch.arange(-p, 0, device=like.device))
+        return KVCache(k, v, 0)
+
+    def _extend_cache(self, x: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
+        """The new tokens ``x [B, T, d_model]`` attend to every cached key and to each
+        other, under the same mask and positions as one call on the whole sequence."""
+        b, t, _ = x.shape
+        p, start = self.att.persistent, cache.length
+        positions = torch.arange(start, start + t, device=x.device)
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
+        if self.att.qk_norm:
+            q = self.q_norm(q)
+        q = self._rotated(q, positions, key=False)
+        k_new, v_new = self._kv(x, positions)
+        k = torch.cat([cache.k.to(k_new.dtype), k_new], dim=1)
+        v = torch.cat([cache.v.to(v_new.dtype), v_new], dim=1)
+        mask = attention_mask(self.att, start + t, x.device, first_row=p + start)
+        k_positions = torch.arange(-p, start + t, device=x.device)
+        bias = self._bias(q, positions, k_positions)
+        y = self._softmax(q, self._repeat_kv(k), self._repeat_kv(v), mask, bias)
+        out = self.o_proj(y.reshape(b, t, self.heads * self.head_dim))
+        return out, KVCache(k, v, start + t)
+
+    def _repeat_kv(self, z: Tensor) -> Tensor:
+        if self.kv_heads == self.heads:
+            return z
+        return z.repeat_interleave(self.heads // self.kv_heads, dim=2)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, p: int) -> Tensor:
         n = q.shape[1]
@@ -147,6 +203,14 @@ class AttentionLayer(nn.Module):
         # the generated kernel's flags fix the number of always-visible tokens: no context
         if self.backend == "triton" and self.kernel is not None and bias is None and not extra:
             return self.kernel(q, k, v, mask=mask, att=self.att, scale=scale)
+        return self._softmax(q, k, v, mask, bias)
+
+    def _softmax(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, bias: Tensor | None
+    ) -> Tensor:
+        """Softmax attention of ``q [B, N, H, hd]`` over ``k, v [B, S, H, hd]`` under a
+        boolean ``[N, S]`` mask and an optional additive bias (torch or reference)."""
+        scale = self.head_dim**-0.5
         qh, kh, vh = (z.transpose(1, 2) for z in (q, k, v))
         if self.backend == "reference":
             return _reference_attention(qh, kh, vh, mask, bias, scale).transpose(1, 2)
@@ -157,6 +221,15 @@ class AttentionLayer(nn.Module):
             full = full + bias
         out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=full, scale=scale)
         return out.transpose(1, 2)
+
+
+class KVCache(NamedTuple):
+    """A streamed attention layer's state: keys (rotated) and values of the persistent
+    tokens and of every token so far, ``[B, P + n, kv_heads, hd]``, and ``n``."""
+
+    k: Tensor
+    v: Tensor
+    length: int
 
 
 def _reference_attention(

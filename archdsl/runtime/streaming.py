@@ -14,15 +14,18 @@ a sequence (`run_streamed`):
   runs its chunked forward from its state, so a prompt is one chunked call; a mixer steps
   token by token), short convolutions their last ``k - 1`` inputs, token shifts their last
   input;
-- attention and the mixers without a constant-size state (Toeplitz / Hyena, S4's Cauchy
-  kernel) keep their input history and recompute over it (`rerun_on_history`): exact
-  but ``O(T)`` per token (a key/value cache is not implemented);
+- attention keeps a cache of every key and value (its new queries attend to the cache
+  under the whole sequence's mask and positions);
+- the mixers without a constant-size state (Toeplitz / Hyena, S4's Cauchy kernel) keep
+  their input history and recompute over it (`rerun_on_history`): exact but ``O(T)``
+  work per token;
 - per-token modules (norms, MLPs, projections, heads) need nothing.
 
 A module called several times per token (shared weights) gets one state per call, in
 call order. Not supported (refused by `begin` with the reason): heads other than a causal
-LM, segmented blocks (Titans MAC's ``recall``), and S4 kernels whose length is the
-call's (no ``max_len``: the outputs depend on the sequence length).
+LM, segmented blocks (Titans MAC's ``recall``), S4 kernels whose length is the call's (no
+``max_len``: the outputs depend on the sequence length), and prefix-LM attention (its
+prompt tokens see later prompt tokens).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from archdsl.ir.mixers import MatrixMixer
+from archdsl.ir.mixers import Attention, MatrixMixer
 from archdsl.ir.spec import Arch
 
 
@@ -122,6 +125,11 @@ def unsupported_reason(arch: Arch) -> str | None:
             "blocks is not supported yet; run the model on whole sequences"
         )
     for m in arch.mixers:
+        if isinstance(m, Attention) and m.prefix > 0:
+            return (
+                f"attention '{m.name}' is a prefix LM (prefix = {m.prefix}): its first "
+                "tokens see later ones, so earlier logits change as tokens arrive"
+            )
         if isinstance(m, MatrixMixer) and length_dependent(m):
             return (
                 f"mixer '{m.name}' computes S4's kernel for the length of each call "
