@@ -15,7 +15,7 @@ T = 4096), the same multiply-adds as the per-head ``M @ x``, which stands in.
 The fixed S4D (vandermonde/fixed) and S4 (cauchy/fixed) kernels have state 64 as the
 papers count it (S4's ``d_state``): 32 complex modes, each a conjugate pair.
 
-    python bench/bench_mixers.py [--lengths 1024 4096 16384] [--reps 7]
+    python bench/bench_mixers.py [--lengths 1024 4096 16384] [--reps 7] [--cases toeplitz ...]
 """
 
 from __future__ import annotations
@@ -211,6 +211,8 @@ def main() -> None:
     # One thread by default: on a shared, oversubscribed CPU two threads spin-wait and
     # time 10-100x worse than one.
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES, metavar="CASE")
+    parser.add_argument("--no-hydra", action="store_true", help="skip the one-vs-two-scans part")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -218,7 +220,7 @@ def main() -> None:
     growth: dict[str, dict[int, float]] = {}
     with torch.no_grad():
         print(f"{'class':18} {'T':>6} {'fast ms':>10} {'M @ x ms':>14} {'M@x / fast':>11}")
-        for name in CASES:
+        for name in args.cases:
             for t in args.lengths:
                 timing = bench_case(name, t, args.reps)
                 if timing is None:
@@ -237,6 +239,8 @@ def main() -> None:
         for name, by_t in growth.items():
             if 4096 in by_t and 16384 in by_t:
                 print(f"  {name:18} {by_t[16384] / by_t[4096]:6.1f}x")
+        if args.no_hydra:
+            return
         print("\nHydra bidirectional mixer: one scan over [x ; flip x] vs two causal scans added")
         for t in args.lengths:
             hydra = bench_hydra(t, args.reps)
