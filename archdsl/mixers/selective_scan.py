@@ -18,7 +18,9 @@ over the ``T / C`` chunks carries the states between chunks (a chunk's total dec
 ``exp(a * sum dt)``, closed form), and a last loop over positions adds each chunk's start
 state, decayed by ``exp(a * cumsum dt)``, to the outputs. That is ``2 C + T / C`` small
 Python steps per group instead of ``T``, and the same O(T H P N) elementwise work as the
-token loop. (Why not the per-key-channel chunked scan
+token loop. Without autograd and with large states, the token loop itself is faster (one
+exponential per element and token instead of two; `LOOP_MIN_STATE`), and
+`selective_scan` takes it. (Why not the per-key-channel chunked scan
 of `chunked_ssd` with one "head" per channel and value width 1: its intra-chunk scores
 cost O(C) more work per token and it ran 20-60x slower than even a plain token loop at
 B=1, H=4, P=64, N=16..64 on CPU; see `bench/bench_mixers.py`.)
@@ -59,8 +61,41 @@ def selective_scan(
             "the selective scan (kernel = selective) is causal; for a bidirectional mixer "
             "use cls = quasiseparable (Hydra)"
         )
+    if chunk_size is None and _loop_is_faster(x, a):
+        return selective_scan_tokens(x, dt=dt, a=a, b=b, c=c, d=d)
     y, _ = selective_scan_chunked(x, dt=dt, a=a, b=b, c=c, d=d, chunk_size=chunk_size)
     return y
+
+
+# Without autograd, the token loop (one exponential per state element and token) beat the
+# chunk-parallel scan (two: it adds every chunk's start state in a second pass) once a
+# token's state ``B H P N`` has this many elements: 1.3-2.7x at 16K-98K (B=1..4, H=4..24,
+# P=64, N=16..64, T=1024..16384), while at 1K the chunked scan was 6x faster (per-step
+# overhead). With autograd the chunked scan won at every size tried (1.3-7x).
+LOOP_MIN_STATE = 1 << 13
+
+
+def _loop_is_faster(x: Tensor, a: Tensor) -> bool:
+    """Whether `selective_scan_tokens` is the faster path for this call (see above)."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or a.requires_grad)
+    state = x.shape[0] * x.shape[2] * x.shape[3] * a.shape[-1]
+    return not grad and state >= LOOP_MIN_STATE
+
+
+def selective_scan_tokens(
+    x: Tensor, *, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor | None = None
+) -> Tensor:
+    """The recurrence token by token (`selective_step`, states ``[B, H, P, N]``); the
+    faster path for large states without autograd (`LOOP_MIN_STATE`)."""
+    state = x.new_zeros(x.shape[0], x.shape[2], x.shape[3], a.shape[-1])
+    a_ = a.to(x.dtype)
+    outs = []
+    for t in range(x.shape[1]):
+        y, state = selective_step(x[:, t], state, dt=dt[:, t], a=a_, b=b[:, t], c=c[:, t], d=d)
+        outs.append(y)
+    if not outs:
+        return x.new_zeros(x.shape)
+    return torch.stack(outs, dim=1)
 
 
 def selective_scan_chunked(

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from archdsl.ir.mixers import MatrixMixer
+from archdsl.mixers import selective_scan as selective_scan_module
 from archdsl.mixers.core import core_for_mixer
 from archdsl.mixers.layer import MatrixMixerLayer
 from archdsl.mixers.selective_scan import selective_scan, selective_scan_chunked
@@ -43,6 +44,22 @@ def test_scan_matches_token_loop_at_any_chunk_size(chunk: int | None) -> None:
     want = selective_scan_loop(p["x"], p["dt"], p["a"], p["b"], p["c"], p["d"])
     x = p.pop("x")
     torch.testing.assert_close(selective_scan(x, chunk_size=chunk, **p), want)
+
+
+def test_inference_token_loop_matches_reference_and_chunked_scan() -> None:
+    """Without autograd, large states take the token loop (`LOOP_MIN_STATE`)."""
+    torch.manual_seed(3)
+    p = _scan_inputs(bsz=1, t=37, h=2, p=64, n=64)  # 8192 state elements per token
+    assert selective_scan_module._loop_is_faster(p["x"], p["a"])
+    want = selective_scan_loop(p["x"], p["dt"], p["a"], p["b"], p["c"], p["d"])
+    x = p.pop("x")
+    with torch.no_grad():
+        got = selective_scan(x, **p)
+        chunked = selective_scan(x, chunk_size=8, **p)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(chunked, want)
+    x.requires_grad_(True)
+    assert not selective_scan_module._loop_is_faster(x, p["a"])  # autograd: chunked
 
 
 def test_scan_continues_from_its_final_state() -> None:
