@@ -156,3 +156,26 @@ def test_prefix_lm_attention_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="prefix LM"):
         archdsl.build(spec).begin(1)
+
+
+def test_shared_weights_keep_one_state_per_application(tmp_path: Path) -> None:
+    """``repeat(n, shared)`` applies the same modules n times per token: each application
+    has its own state (keyed by call order), else the pieces would not match."""
+    spec = tmp_path / "shared.arch"
+    spec.write_text(
+        "arch shared(d_model = 16, heads = 2, layers = 3, vocab = 20)\n"
+        "memory memory {\n"
+        "  structure = matrix\n"
+        "  bias      = dot\n"
+        "  retention = decay(alpha = data(per = head, act = logsigmoid))\n"
+        "  learner   = gd(lr = 1)\n"
+        "  features  = qkv(conv = 3, out_norm = rms)\n"
+        "}\n"
+        "mixer att = attention(causal, pos = rope)\n"
+        "block layer(x) {\n"
+        "  x = x + memory(rmsnorm(x)) + att(rmsnorm(x))\n"
+        "  return x + mlp(rmsnorm(x), expand = 2, act = gelu)\n"
+        "}\n"
+        "model = causal_lm(vocab) { repeat(layers, shared) layer }\n"
+    )
+    test_pieces_give_the_whole_sequence_logits(spec)
