@@ -168,10 +168,16 @@ def _gates_by_segment(
         return [_SegmentGates(None, None, None, None)] * segments
     if log_alpha.dim() == 4:
         invariant = _invariant_channel_gates(log_alpha, per_segment, chunk, bh)
-        if invariant is not None:
-            return [invariant] * segments
-        alpha = _segment_major(_per_token_factors(log_alpha), segments, per_segment, chunk, 1.0)
-        return [_SegmentGates(None, None, None, None, a) for a in alpha]
+        if invariant is None:
+            alpha = _segment_major(_per_token_factors(log_alpha), segments, per_segment, chunk, 1.0)
+            return [_SegmentGates(None, None, None, None, a) for a in alpha]
+        gates = [invariant] * segments
+        if log_alpha.shape[1] % chunk:  # a partial last chunk: no decay past its end
+            start = (segments - 1) * per_segment * chunk
+            tail = _per_token_factors(log_alpha[:, start:])
+            alpha = _segment_major(tail, 1, per_segment, chunk, 1.0)[0]
+            gates[-1] = _SegmentGates(None, None, None, None, alpha)
+        return gates
     b = _segment_major(log_alpha, segments, per_segment, chunk).cumsum(dim=3)
     bk = b.unsqueeze(-1)  # [segments, BH, G, C, 1]
     b_last = bk[..., -1:, :]
@@ -213,8 +219,9 @@ def _invariant_channel_gates(
     Every chunk then has the same factors, computed once for one chunk and broadcast
     (``[BH, 1, C, dk]``): q_in ``exp(b)``, k_out ``exp(b_C - b)``, k_in ``exp(-b)`` (the
     scores are always direct here), chunk ``exp(b_C)``, with ``b_t = (t + 1) log alpha``.
-    None too when a chunk decays below the floor in total: the per-token factors and
-    `channel_scores`'s halving handle that case.
+    (Not for a partial last chunk, whose state must not decay past the sequence end: the
+    caller gives that segment per-token factors.) None too when a chunk decays below the
+    floor in total: the per-token factors and `channel_scores`'s halving handle that case.
     """
     if log_alpha.shape[1] < 2 or log_alpha.stride(1) != 0:
         return None

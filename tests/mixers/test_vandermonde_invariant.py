@@ -14,6 +14,7 @@ from torch import Tensor
 
 from archdsl.memory.chunked_segments import _invariant_channel_gates
 from archdsl.mixers.ops import apply_matrix
+from archdsl.mixers.ssd import chunked_ssd
 from archdsl.mixers.vandermonde import vandermonde_data_materialize, vandermonde_data_mix
 
 B, T, H, N, D, CHUNK = 2, 301, 3, 8, 4, 32
@@ -64,3 +65,20 @@ def test_fast_path_matches_the_matrix(kind: str, causal: bool) -> None:
         torch.testing.assert_close(
             a.double(), e.double(), rtol=1e-3, atol=1e-3, msg=lambda m, n=name: f"{n}: {m}"
         )
+
+
+@pytest.mark.parametrize("length", [64, 301])  # a whole number of chunks, and not
+def test_final_state_of_shared_factors_matches_per_token_factors(length: int) -> None:
+    """The state after the sequence, through the shared factors (a decay constant in
+    time, stride 0) and through per-token ones (the same decay, materialised): a partial
+    last chunk must not decay the state past the sequence end."""
+    c, b, x, log_z = inputs("weak")
+    c, b, x = c[:, :length], b[:, :length], x[:, :length]
+    shared = log_z.expand(B, length, H, N)
+    per_token = shared.contiguous()
+    s0 = torch.randn(B, H, N, D)
+    y1, f1 = chunked_ssd(c, b, x, log_decay=shared, initial_state=s0, output_final_state=True)
+    y2, f2 = chunked_ssd(c, b, x, log_decay=per_token, initial_state=s0, output_final_state=True)
+    assert f1 is not None and f2 is not None
+    torch.testing.assert_close(y1, y2, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(f1, f2, rtol=1e-4, atol=1e-4)
