@@ -179,3 +179,30 @@ def test_shared_weights_keep_one_state_per_application(tmp_path: Path) -> None:
         "model = causal_lm(vocab) { repeat(layers, shared) layer }\n"
     )
     test_pieces_give_the_whole_sequence_logits(spec)
+
+
+MIXERS = [
+    "semiseparable, causal, state = 8, conv = 4, expand = 2, headdim = 8",
+    "lowrank, causal, state = 8, expand = 1, headdim = 8",
+    "vandermonde, causal, state = 8, conv = 3, expand = 1, headdim = 8",
+    "quasiseparable, causal, state = 8, expand = 1, headdim = 8",
+    "vandermonde, causal, fixed, state = 8, expand = 1, headdim = 8",
+]
+
+
+@pytest.mark.parametrize("options", MIXERS)
+def test_recurrent_mixers_continue_by_chunks_and_steps(tmp_path: Path, options: str) -> None:
+    """The matrix mixers with a recurrence: a prompt runs the chunked scan from the state
+    (semiseparable, lowrank, vandermonde/data, selective via mamba.arch), the others step
+    token by token; every piece equals the whole sequence."""
+    spec = tmp_path / "mix.arch"
+    spec.write_text(
+        "arch mix(d_model = 16, heads = 2, layers = 2, vocab = 20)\n"
+        f"mixer mx = matrix({options})\n"
+        "block layer(x) {\n"
+        "  x = x + mx(rmsnorm(x))\n"
+        "  return x + mlp(rmsnorm(x), expand = 2, act = gelu)\n"
+        "}\n"
+        "model = causal_lm(vocab) { repeat(layers) layer }\n"
+    )
+    test_pieces_give_the_whole_sequence_logits(spec)

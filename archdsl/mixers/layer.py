@@ -57,7 +57,14 @@ from archdsl.mixers.layer_parts import (
     token_segments,
     uses_projections,
 )
-from archdsl.mixers.recurrent import MixerState, recurrent_form, scan_state, scan_step
+from archdsl.mixers.recurrent import (
+    CHUNKED_FORMS,
+    MixerState,
+    chunked_from_state,
+    recurrent_form,
+    scan_state,
+    scan_step,
+)
 from archdsl.mixers.selective_params import SelectiveParams, dt_rank
 from archdsl.runtime.streaming import active_stream, rerun_on_history, run_streamed
 
@@ -136,9 +143,24 @@ class MatrixMixerLayer(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         if active_stream() is not None:  # generation (`archdsl.runtime.streaming`)
             if self.steps:
-                return run_streamed(self, u, self.initial_state, self._step_through)
+                return run_streamed(self, u, self.initial_state, self._continue)
             return rerun_on_history(self, u, self._whole)
         return self._whole(u)
+
+    def _continue(self, u: Tensor, state: MixerState) -> tuple[Tensor, MixerState]:
+        """``u [B, T, d_model]`` after ``state``: the chunked fast path from the state for
+        the scans that take one (`chunked_from_state`), else `step` token by token."""
+        form = recurrent_form(self.mixer)
+        if u.shape[1] == 1 or form not in CHUNKED_FORMS:
+            return self._step_through(u, state)
+        z, xt, dts = self._project(u)
+        window = state.conv
+        if self.conv is not None:
+            assert window is not None
+            xt, window = self.conv.extend(xt, window)
+        x, x_flat, params = self._mixer_inputs(F.silu(xt), dts)
+        y, scan = chunked_from_state(form, x, params, state.scan)
+        return self._output(y, x, x_flat, z), MixerState(window, scan)
 
     def _step_through(self, u: Tensor, state: MixerState) -> tuple[Tensor, MixerState]:
         """`step` over every token of ``u [B, T, d_model]``."""

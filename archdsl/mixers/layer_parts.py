@@ -82,6 +82,15 @@ class ShortConv(nn.Module):
         h = F.pad(x.transpose(1, 2), pad)
         return self.conv1d(h).transpose(1, 2)
 
+    def extend(self, x: Tensor, window: Tensor) -> tuple[Tensor, Tensor]:
+        """The causal conv of ``x [B, T, C]`` after the previous ``kernel - 1`` inputs
+        ``window``: ``(out [B, T, C], next window)`` (`step` for any T)."""
+        if not self.causal:
+            raise NotImplementedError("a centred (non-causal) conv has no recurrent step")
+        full = torch.cat([window.to(x.dtype), x], dim=1)
+        out = self.conv1d(full.transpose(1, 2)).transpose(1, 2)
+        return out, full[:, full.shape[1] - (self.kernel - 1) :]
+
     def step(self, x: Tensor, window: Tensor) -> tuple[Tensor, Tensor]:
         """One token of the causal conv: ``x [B, 1, C]``, ``window`` the previous
         ``kernel - 1`` inputs ``[B, kernel - 1, C]`` (zeros at the start, as the padding).

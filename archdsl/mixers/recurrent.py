@@ -26,7 +26,8 @@ from torch import Tensor
 
 from archdsl.ir.mixers import MatrixMixer
 from archdsl.mixers.filters import complex_modes
-from archdsl.mixers.selective_scan import selective_step
+from archdsl.mixers.selective_scan import selective_scan_chunked, selective_step
+from archdsl.mixers.ssd import chunked_ssd
 
 
 class MixerState(NamedTuple):
@@ -151,6 +152,33 @@ def _selective(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     y, s = selective_step(x, st.scan, dt=p["dt"], a=p["a"], b=p["b"], c=p["c"], d=p.get("d"))
     return y, s, None
+
+
+# The forms whose chunked fast path also starts from a state and returns the final one.
+CHUNKED_FORMS = frozenset({"semiseparable", "lowrank", "vandermonde/data", "selective"})
+
+
+def chunked_from_state(
+    form: str, x: Tensor, params: dict[str, Any], scan: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``x [B, T, H, P]`` through the chunked scan of ``form`` (one of `CHUNKED_FORMS`),
+    starting from the scan state ``scan`` of `scan_state`'s layout: ``(y, final state)``,
+    what `scan_step` gives token by token."""
+    p = params
+    if form == "selective":
+        return selective_scan_chunked(
+            x, dt=p["dt"], a=p["a"], b=p["b"], c=p["c"], d=p.get("d"), initial_state=scan
+        )
+    if form == "lowrank":
+        q, k, extra = p["q"], p["k"], {"scale": p.get("scale", 1.0)}
+    elif form == "vandermonde/data":
+        decay = p["log_z"].to(x.dtype).expand(x.shape[0], x.shape[1], *p["log_z"].shape)
+        q, k, extra = p["c"], p["b"], {"log_decay": decay}
+    else:
+        q, k, extra = p["c"], p["b"], {"log_decay": p["log_a"], "lr": p.get("lr")}
+    y, final = chunked_ssd(q, k, x, initial_state=scan, output_final_state=True, **extra)
+    assert final is not None
+    return y, final
 
 
 _STEPS: dict[str, Callable[[Tensor, dict[str, Any], MixerState], tuple[Tensor, Tensor, Any]]] = {
