@@ -85,6 +85,18 @@ def test_s4_with_a_fixed_kernel_length_streams(tmp_path: Path) -> None:
         assert not torch.allclose(stepped, model(ids), rtol=1e-3, atol=1e-3)
 
 
+def test_an_empty_piece_changes_nothing() -> None:
+    model = _model(ROOT / "specs" / "mamba.arch")
+    ids = torch.randint(0, 20, (2, 5))
+    with torch.no_grad():
+        stream = model.begin(2)
+        empty = model.extend(ids[:, :0], stream)
+        got = model.extend(ids, stream)
+        want = model(ids)
+    assert empty.shape == (2, 0, 20) and stream.length == 5
+    torch.testing.assert_close(got, want)
+
+
 def test_a_wrong_batch_is_refused() -> None:
     model = _model(ROOT / "specs" / "mamba2.arch")
     stream = model.begin(2)

@@ -164,6 +164,8 @@ class StreamingModel(nn.Module):
             raise ValueError(
                 f"extend: ids must be [batch = {stream.batch}, T], got {tuple(ids.shape)}"
             )
+        if ids.shape[1] == 0:  # nothing to feed: empty logits, states untouched
+            return self.head(self.embedding(ids))  # type: ignore[operator, no-any-return]
         stream.new_call()
         with _activated(stream):
             logits = self(ids)
