@@ -28,6 +28,7 @@ from archdsl.ir.mixers import MatrixMixer
 from archdsl.mixers.filters import complex_modes
 from archdsl.mixers.selective_scan import selective_scan_chunked, selective_step
 from archdsl.mixers.ssd import chunked_ssd
+from archdsl.mixers.vandermonde import vandermonde_fixed_mix
 
 
 class MixerState(NamedTuple):
@@ -155,7 +156,9 @@ def _selective(
 
 
 # The forms whose chunked fast path also starts from a state and returns the final one.
-CHUNKED_FORMS = frozenset({"semiseparable", "lowrank", "vandermonde/data", "selective"})
+CHUNKED_FORMS = frozenset(
+    {"semiseparable", "lowrank", "vandermonde/data", "vandermonde/fixed", "selective"}
+)
 
 
 def chunked_from_state(
@@ -165,6 +168,8 @@ def chunked_from_state(
     starting from the scan state ``scan`` of `scan_state`'s layout: ``(y, final state)``,
     what `scan_step` gives token by token."""
     p = params
+    if form == "vandermonde/fixed":
+        return _s4d_from_state(x, p, scan)
     if form == "selective":
         return selective_scan_chunked(
             x, dt=p["dt"], a=p["a"], b=p["b"], c=p["c"], d=p.get("d"), initial_state=scan
@@ -178,6 +183,27 @@ def chunked_from_state(
         q, k, extra = p["c"], p["b"], {"log_decay": p["log_a"], "lr": p.get("lr")}
     y, final = chunked_ssd(q, k, x, initial_state=scan, output_final_state=True, **extra)
     assert final is not None
+    return y, final
+
+
+def _s4d_from_state(x: Tensor, p: dict[str, Any], scan: Tensor) -> tuple[Tensor, Tensor]:
+    """S4D over ``x [B, T, H, P]`` from the complex state ``s0 [B, H, N, P]`` (`_vander_fixed`
+    token by token): the FFT convolution from zero, plus the start state's decay
+    ``y_t += 2 Re(sum_n c_n z_n^(t+1) s0_n)``; final state
+    ``z^T s0 + sum_j z^(T-1-j) b_bar x_j``. Powers as ``exp(l dt a)``, O(T N) of them."""
+    length = x.shape[1]
+    dta = p["log_dt"].exp().unsqueeze(-1) * p["a"]  # [H, N]
+    b_bar = (dta.exp() - 1.0) / p["a"] * p["b"]
+    lags = torch.arange(1, length + 1, device=x.device, dtype=dta.real.dtype)
+    powers = torch.exp(dta.unsqueeze(-1) * lags)  # z^(t+1): [H, N, T]
+    conv = vandermonde_fixed_mix(x, log_dt=p["log_dt"], a=p["a"], b=p["b"], c=p["c"])
+    s0 = scan.to(powers.dtype)
+    carried = torch.einsum("hn,hnt,bhnp->bthp", p["c"], powers, s0)
+    y = conv + 2.0 * carried.real.to(x.dtype)
+    back = powers.flip(-1) / powers[..., :1]  # z^(T-1-j), j = 0 .. T-1
+    final = powers[..., -1].unsqueeze(-1) * s0 + torch.einsum(
+        "hn,hnt,bthp->bhnp", b_bar, back, x.to(powers.dtype)
+    )
     return y, final
 
 
