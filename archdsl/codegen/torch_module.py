@@ -66,7 +66,7 @@ class _BlockEmitter:
             self._node(nid, data)
         loc = self.block.loc
         where = _comment(f"{loc.file}:{loc.line}") if loc else "<python>"
-        forward = self.body if not self.block.segment else self._segmented(params)
+        signature = ", ".join(p + ": Tensor" for p in params)
         lines = [
             f"class Block_{name}(nn.Module):",
             f'    """block {name}({", ".join(self.block.params)}) -- {where}"""',
@@ -75,23 +75,43 @@ class _BlockEmitter:
             "        super().__init__()",
             *(f"        {s}" for s in self.init),
             "",
-            f"    def forward(self, {', '.join(p + ': Tensor' for p in params)}) -> Tensor:",
-            *(f"        {s}" for s in forward),
+            f"    def forward(self, {signature}) -> Tensor:",
         ]
+        if not self.block.segment:
+            lines += [f"        {s}" for s in self.body]
+        else:
+            lines += [f"        {s}" for s in self._segmented(params)]
+            lines += [
+                "",
+                f"    def _segment(self, start: dict, states: dict, {signature}) -> tuple:",
+                '        """One segment, or a piece of one: ``start`` the memories at the segment',
+                '        start (what `recall` reads), ``states`` their states now."""',
+                *(
+                    f"        start_{m}, state_{m} = start[{m!r}], states[{m!r}]"
+                    for m in self.stateful
+                ),
+                *(f"        {s}" for s in self.body),
+            ]
         return "\n".join(lines) + "\n"
 
     def _segmented(self, params: list[str]) -> list[str]:
-        """The body run on consecutive segments, memory states carried across them."""
+        """The body (`_segment`) run on consecutive segments, memory states carried across
+        them; while a stream is active, segments continue across calls."""
         n = self.block.segment
-        lines = ["outputs = []"]
-        lines += [
-            f"state_{m} = None  # memory `{m}` before the current segment" for m in self.stateful
-        ]
+        names = "{" + ", ".join(f"{m!r}: self.mixer_{m}" for m in self.stateful) + "}"
+        states = "{" + ", ".join(f"{m!r}: None" for m in self.stateful) + "}"
         splits = ", ".join(f"{p}.split({n}, dim=1)" for p in params)
-        lines.append(f"for {', '.join(params)}{',' if len(params) == 1 else ''} in zip({splits}):")
-        lines += [f"    {s}" for s in self.body]
-        lines.append("return torch.cat(outputs, dim=1)")
-        return lines
+        inputs = ", ".join(params)
+        return [
+            "if active_stream() is not None:  # generation: segments continue across calls",
+            f"    return stream_segments(self, {n}, {names}, self._segment, {inputs})",
+            "outputs = []",
+            f"states = {states}  # the memories' states before the current segment",
+            f"for {', '.join(params)}{',' if len(params) == 1 else ''} in zip({splits}):",
+            f"    y, states = self._segment(dict(states), states, {', '.join(params)})",
+            "    outputs.append(y)",
+            "return torch.cat(outputs, dim=1)",
+        ]
 
     def _args(self, nid: str) -> list[str]:
         preds = sorted(self.graph.in_edges(nid, data=True), key=lambda e: e[2]["arg"])
@@ -115,14 +135,16 @@ class _BlockEmitter:
         elif kind == "unary":
             expr = f"-{args[0]}"
         elif kind == "output":
-            keep = f"outputs.append({args[0]})" if self.block.segment else f"return {args[0]}"
+            states = "{" + ", ".join(f"{m!r}: state_{m}" for m in self.stateful) + "}"
+            keep = f"return {args[0]}, {states}" if self.block.segment else f"return {args[0]}"
             self.body.append(f"{keep}{tag}")
             return
         elif kind == "recall":  # reads the state and advances its recall-stream caches
             op = data["op"]
             self.var[nid] = target
             self.body.append(
-                f"{target}, state_{op} = self.mixer_{op}.recall({args[0]}, state_{op}){tag}"
+                f"{target}, state_{op} = "
+                f"self.mixer_{op}.recall({args[0]}, state_{op}, weights=start_{op}){tag}"
             )
             return
         elif kind == "mixer" and data["op"] in self.stateful:
@@ -260,7 +282,8 @@ def emit_torch_module(arch: Arch, ir_hash: str, source: str) -> str:
         "from archdsl.ir.spec import Arch",
         "from archdsl.runtime.context import BuildContext",
         "from archdsl.runtime.heads import Embedding, OutputHead",
-        "from archdsl.runtime.streaming import StreamingModel",
+        "from archdsl.runtime.streaming import StreamingModel"
+        + (", active_stream, stream_segments" if any(b.segment for b in arch.blocks) else ""),
         "",
         f"IR_HASH = {ir_hash!r}",
         f"ARCH = Arch.model_validate_json({_ir_json(arch)!r})",

@@ -264,8 +264,11 @@ class MemoryLayer(nn.Module):
         assert isinstance(y, Tensor)
         return y, new_state
 
-    def recall(self, x: Tensor, state: LayerState | None) -> tuple[Tensor, LayerState]:
-        """Read the memory as ``state`` holds it, without writing: ``M_W(scale q(x))``;
+    def recall(
+        self, x: Tensor, state: LayerState | None, weights: LayerState | None = None
+    ) -> tuple[Tensor, LayerState]:
+        """Read the memory as ``state`` holds it (or as ``weights`` does, when given: the
+        segment start, for a segment fed in pieces), without writing: ``M_W(scale q(x))``;
         returns the read and ``state`` with the recall stream's conv cache advanced.
 
         Titans MAC's retrieval ``h_t = M*_{t-1}(q_t)`` (`recall(memory, x)` in a segmented
@@ -284,8 +287,9 @@ class MemoryLayer(nn.Module):
         q = feature_activation(self.mem.features.act, z).reshape(bsz, length, self.heads, self.dk)
         if self.mem.features.norm == "l2":
             q = l2_normalize(q)
-        weights = tuple(w.unsqueeze(1) for w in state.memory.weights)
-        o = memory_forward(self.mem.structure, weights, q * default_scale(self.mem, self.dk))
+        source = state if weights is None else weights
+        read = tuple(w.unsqueeze(1) for w in source.memory.weights)
+        o = memory_forward(self.mem.structure, read, q * default_scale(self.mem, self.dk))
         return self._output(o, x), state._replace(recall_conv=cache)
 
     def step(self, x_t: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:

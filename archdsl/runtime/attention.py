@@ -96,8 +96,11 @@ class AttentionLayer(nn.Module):
         query sees (after the persistent ones), e.g. the memory read of Titans MAC.
         Streaming (`archdsl.runtime.streaming`): the new tokens' queries against a cache of
         every key and value so far (`_extend_cache`)."""
-        if context is None and active_stream() is not None:
-            return run_streamed(self, x, self._empty_cache, self._extend_cache)
+        if active_stream() is not None:
+            if context is None:
+                return run_streamed(self, x, self._empty_cache, self._extend_cache)
+            pair = torch.cat([x, context], dim=-1)  # the context is aligned with the tokens
+            return run_streamed(self, pair, self._empty_cache, self._extend_with_context)
         b, t, _ = x.shape
         prefix = [self.persistent.to(x.dtype).expand(b, -1, -1)] if self.att.persistent else []
         if context is not None:
@@ -189,6 +192,39 @@ class AttentionLayer(nn.Module):
         out = self.o_proj(y.reshape(b, t, self.heads * self.head_dim))
         return out, KVCache(k, v, start + t)
 
+    def _extend_with_context(self, pair: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
+        """`_extend_cache` with context tokens aligned with the queries (Titans MAC's memory
+        reads, one per token): ``pair = [x | context]`` on the last axis. The keys are
+        ordered as in one call on the whole segment, ``[persistent, context, tokens]``;
+        context keys sit at position 0 after rope, as there. (The context part of the
+        cache is kept in ``ctx_k``, ``ctx_v``.)"""
+        x, context = pair.chunk(2, dim=-1)
+        b, t, _ = x.shape
+        p, start = self.att.persistent, cache.length
+        persist_k, persist_v = cache.k[:, :p], cache.v[:, :p]
+        tok_k, tok_v = cache.k[:, p:], cache.v[:, p:]
+        ctx_zero = torch.zeros(t, dtype=torch.long, device=x.device)
+        ck, cv = self._kv(context, ctx_zero - 1)  # negative: rope position 0
+        ctx_k = ck if cache.ctx_k is None else torch.cat([cache.ctx_k.to(ck.dtype), ck], dim=1)
+        ctx_v = cv if cache.ctx_v is None else torch.cat([cache.ctx_v.to(cv.dtype), cv], dim=1)
+        positions = torch.arange(start, start + t, device=x.device)
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
+        if self.att.qk_norm:
+            q = self.q_norm(q)
+        q = self._rotated(q, positions, key=False)
+        k_new, v_new = self._kv(x, positions)
+        tok_k = torch.cat([tok_k.to(k_new.dtype), k_new], dim=1)
+        tok_v = torch.cat([tok_v.to(v_new.dtype), v_new], dim=1)
+        k = torch.cat([persist_k.to(k_new.dtype), ctx_k, tok_k], dim=1)
+        v = torch.cat([persist_v.to(v_new.dtype), ctx_v, tok_v], dim=1)
+        seen = start + t  # context tokens so far = tokens so far
+        mask = attention_mask(self.att, seen, x.device, extra=seen, first_row=p + seen + start)
+        y = self._softmax(q, self._repeat_kv(k), self._repeat_kv(v), mask, None)
+        out = self.o_proj(y.reshape(b, t, self.heads * self.head_dim))
+        kept_k = torch.cat([persist_k.to(k_new.dtype), tok_k], dim=1)
+        kept_v = torch.cat([persist_v.to(v_new.dtype), tok_v], dim=1)
+        return out, KVCache(kept_k, kept_v, seen, ctx_k, ctx_v)
+
     def _repeat_kv(self, z: Tensor) -> Tensor:
         if self.kv_heads == self.heads:
             return z
@@ -225,11 +261,14 @@ class AttentionLayer(nn.Module):
 
 class KVCache(NamedTuple):
     """A streamed attention layer's state: keys (rotated) and values of the persistent
-    tokens and of every token so far, ``[B, P + n, kv_heads, hd]``, and ``n``."""
+    tokens and of every token so far, ``[B, P + n, kv_heads, hd]``, and ``n``; with
+    context tokens (Titans MAC), theirs, ``[B, n, kv_heads, hd]``."""
 
     k: Tensor
     v: Tensor
     length: int
+    ctx_k: Tensor | None = None
+    ctx_v: Tensor | None = None
 
 
 def _reference_attention(

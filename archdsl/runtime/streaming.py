@@ -19,13 +19,18 @@ a sequence (`run_streamed`):
 - the mixers without a constant-size state (Toeplitz / Hyena, S4's Cauchy kernel) keep
   their input history and recompute over it (`rerun_on_history`): exact but ``O(T)``
   work per token;
-- per-token modules (norms, MLPs, projections, heads) need nothing.
+- per-token modules (norms, MLPs, projections, heads) need nothing;
+- segmented blocks (Titans MAC) cut the new tokens at the whole sequence's segment ends
+  (`stream_segments`): within a segment their modules continue, ``recall`` reads the
+  memory as it was at the segment start, and attention caches the segment's memory reads
+  with its tokens; at a segment end everything but the memories starts afresh.
 
 A module called several times per token (shared weights) gets one state per call, in
 call order. Not supported (refused by `begin` with the reason): heads other than a causal
-LM, segmented blocks (Titans MAC's ``recall``), S4 kernels whose length is the call's (no
-``max_len``: the outputs depend on the sequence length), and prefix-LM attention (its
-prompt tokens see later prompt tokens).
+LM, S4 kernels whose length is the call's (no ``max_len``: the outputs depend on the
+sequence length), prefix-LM attention (its prompt tokens see later prompt tokens), and
+alibi / relative positions in segmented blocks (they place a segment's memory reads by
+the segment's length).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +65,20 @@ class Stream:
 
     def new_call(self) -> None:
         self._calls.clear()
+
+    def marks(self, modules: list[nn.Module]) -> dict[nn.Module, int]:
+        """The call counts of ``modules`` now (`rewind` returns to them)."""
+        return {m: self._calls[m] for m in modules}
+
+    def rewind(self, marks: dict[nn.Module, int]) -> None:
+        """Call the modules again as the same application (a segment fed in pieces)."""
+        for module, n in marks.items():  # set, not add (Counter.update adds)
+            self._calls[module] = n
+
+    def forget(self, marks: dict[nn.Module, int]) -> None:
+        """Drop the states of the modules' application at ``marks`` (a new segment)."""
+        for module, n in marks.items():
+            self.states.pop((module, n), None)
 
 
 _ACTIVE: ContextVar[Stream | None] = ContextVar("archdsl_stream", default=None)
@@ -110,6 +129,54 @@ def rerun_on_history(module: nn.Module, x: Tensor, forward: Callable[[Tensor], T
     return run_streamed(module, x, lambda _: None, advance)
 
 
+class SegmentedState(NamedTuple):
+    """A segmented block's place in the stream: tokens of the current segment seen, the
+    memories' states at its start (what `recall` reads) and now."""
+
+    position: int
+    start: dict[str, Any]
+    states: dict[str, Any]
+
+
+def stream_segments(
+    block: nn.Module,
+    size: int,
+    memories: dict[str, Any],
+    segment: Callable[..., tuple[Tensor, dict[str, Any]]],
+    *inputs: Tensor,
+) -> Tensor:
+    """A segmented block (``segment(size)``, Titans MAC) on the new tokens: cut at the
+    segment ends of the whole sequence, each piece run by the block's ``segment(start,
+    states, *pieces)``; within a segment the block's modules continue from their states
+    (one application, called again), at a segment end they start afresh, as the block's
+    own forward runs every segment from scratch. ``memories``: the memory layers by name
+    (their ``initial_state`` starts the stream)."""
+    stream = active_stream()
+    assert stream is not None
+    key = stream.slot(block)
+    saved = stream.states.get(key)
+    if saved is None:
+        with _activated(None):
+            empty = {m: layer.initial_state(inputs[0].shape[0]) for m, layer in memories.items()}
+        saved = SegmentedState(0, empty, dict(empty))
+    position, start, states = saved
+    marks = stream.marks([m for m in block.modules() if m is not block])
+    length, offset, outputs = inputs[0].shape[1], 0, []
+    while offset < length:
+        take = min(size - position, length - offset)
+        stream.rewind(marks)
+        y, states = segment(
+            dict(start), dict(states), *(t[:, offset : offset + take] for t in inputs)
+        )
+        outputs.append(y)
+        offset, position = offset + take, position + take
+        if position == size:
+            position, start = 0, dict(states)
+            stream.forget(marks)
+    stream.states[key] = SegmentedState(position, start, states)
+    return torch.cat(outputs, dim=1)
+
+
 def unsupported_reason(arch: Arch) -> str | None:
     """Why a model of ``arch`` cannot be streamed, or None."""
     if arch.model is None or arch.model.head.kind != "causal_lm":
@@ -119,12 +186,13 @@ def unsupported_reason(arch: Arch) -> str | None:
             f"is {kind!r}"
         )
     segmented = [b.name for b in arch.blocks if b.segment]
-    if segmented:
-        return (
-            f"block '{segmented[0]}' is segmented (segment(n), recall): streaming such "
-            "blocks is not supported yet; run the model on whole sequences"
-        )
     for m in arch.mixers:
+        if segmented and isinstance(m, Attention) and m.pos in ("alibi", "relative"):
+            return (
+                f"block '{segmented[0]}' is segmented and attention '{m.name}' uses "
+                f"{m.pos} positions, which place a segment's memory reads by the segment's "
+                "length: streaming it is not supported"
+            )
         if isinstance(m, Attention) and m.prefix > 0:
             return (
                 f"attention '{m.name}' is a prefix LM (prefix = {m.prefix}): its first "

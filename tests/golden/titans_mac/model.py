@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from archdsl.ir.spec import Arch
 from archdsl.runtime.context import BuildContext
 from archdsl.runtime.heads import Embedding, OutputHead
-from archdsl.runtime.streaming import StreamingModel
+from archdsl.runtime.streaming import StreamingModel, active_stream, stream_segments
 
 IR_HASH = 'bbc3734e03df3cf8'
 ARCH = Arch.model_validate_json('{"blocks": [{"body": [{"target": "h", "value": {"args": [{"name": "memory"}, {"name": "x"}], "func": "recall", "kwargs": []}}, {"target": "y", "value": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}, {"name": "h"}], "func": "core_attn", "kwargs": []}}, {"target": "x", "value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"lhs": {"args": [{"name": "y"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}, "op": "*", "rhs": {"args": [{"args": [{"args": [{"name": "y"}], "func": "memory", "kwargs": []}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "sigmoid", "kwargs": []}}], "func": "linear", "kwargs": [{"name": "bias", "value": {"value": false}}]}}}, {"value": {"lhs": {"name": "x"}, "op": "+", "rhs": {"args": [{"args": [{"name": "x"}], "func": "rmsnorm", "kwargs": [{"name": "eps", "value": {"value": 1e-06}}]}], "func": "swiglu", "kwargs": [{"name": "expand", "value": {"value": 4.0}}]}}}], "name": "mac", "params": ["x"], "segment": 512}], "mixers": [{"causal": true, "heads": null, "kv_heads": null, "name": "core_attn", "persistent": 4, "pos": "rope", "prefix": 0, "qk_norm": false, "rope_base": 10000.0, "rope_factor": 1.0, "rope_scaling": "none", "sinks": 0, "window": 0}, {"batch": 64, "bias": {"delta": null, "form": "coord", "kind": "l2", "p": 2.0, "radius": 0.0}, "features": {"act": "silu", "act_on": "qkv", "conv": 4, "dk": null, "dv": null, "norm": "l2", "normalizer": false, "out_gate": "sigmoid", "out_norm": "rms", "persistent": 0, "scale": null}, "learner": {"beta": {"act": "sigmoid", "formula": null, "mode": "data", "per": "head", "rank": 0, "value": null}, "kind": "momentum", "lr": {"act": "sigmoid", "formula": null, "mode": "data", "per": "head", "rank": 0, "value": null}, "n": 1}, "name": "memory", "retention": {"alpha": {"act": "logsigmoid", "formula": null, "mode": "data", "per": "head", "rank": 0, "value": null}, "kind": "decay", "l1": 0.0, "l2": 0.0, "q": 2.0, "tie_key": false, "when": "after"}, "structure": {"act": "silu", "depth": 2, "expand": 4.0, "kind": "mlp", "norm": "none", "residual": true}}], "model": {"head": {"classes": 0, "kind": "causal_lm", "norm": "rms", "pool": "mean", "tied": false, "vocab": 32000}, "stages": [{"body": [{"block": "mac"}], "n": 12, "shared": false}]}, "name": "titans_mac", "params": [{"name": "d_model", "value": 768}, {"name": "heads", "value": 12}, {"name": "layers", "value": 12}, {"name": "vocab", "value": 32000}, {"name": "persistent", "value": 4}, {"name": "chunk", "value": 64}, {"name": "segment", "value": 512}, {"name": "window", "value": 512}, {"name": "memory_persistent", "value": 0}]}')
@@ -33,24 +33,33 @@ class Block_mac(nn.Module):
         self.op12 = ctx.op('swiglu', 768, expand=4.0)  # specs/titans_mac.arch:19:14
 
     def forward(self, x_in: Tensor) -> Tensor:
+        if active_stream() is not None:  # generation: segments continue across calls
+            return stream_segments(self, 512, {'memory': self.mixer_memory}, self._segment, x_in)
         outputs = []
-        state_memory = None  # memory `memory` before the current segment
+        states = {'memory': None}  # the memories' states before the current segment
         for x_in, in zip(x_in.split(512, dim=1)):
-            h_1, state_memory = self.mixer_memory.recall(x_in, state_memory)  # specs/titans_mac.arch:16:7
-            t2 = self.op2(x_in)  # specs/titans_mac.arch:17:17
-            y_3 = self.mixer_core_attn(t2, h_1)  # specs/titans_mac.arch:17:7
-            t4 = self.op4(y_3)  # specs/titans_mac.arch:18:18
-            t5, state_memory = self.mixer_memory(y_3, state=state_memory, return_state=True)  # specs/titans_mac.arch:18:47
-            t6 = self.op6(t5)  # specs/titans_mac.arch:18:39
-            t7 = self.op7(t6)  # specs/titans_mac.arch:18:31
-            t8 = t4 * t7  # specs/titans_mac.arch:18:18
-            t9 = self.op9(t8)  # specs/titans_mac.arch:18:11
-            x_10 = x_in + t9  # specs/titans_mac.arch:18:7
-            t11 = self.op11(x_10)  # specs/titans_mac.arch:19:21
-            t12 = self.op12(t11)  # specs/titans_mac.arch:19:14
-            t13 = x_10 + t12  # specs/titans_mac.arch:19:10
-            outputs.append(t13)  # specs/titans_mac.arch:19:3
+            y, states = self._segment(dict(states), states, x_in)
+            outputs.append(y)
         return torch.cat(outputs, dim=1)
+
+    def _segment(self, start: dict, states: dict, x_in: Tensor) -> tuple:
+        """One segment, or a piece of one: ``start`` the memories at the segment
+        start (what `recall` reads), ``states`` their states now."""
+        start_memory, state_memory = start['memory'], states['memory']
+        h_1, state_memory = self.mixer_memory.recall(x_in, state_memory, weights=start_memory)  # specs/titans_mac.arch:16:7
+        t2 = self.op2(x_in)  # specs/titans_mac.arch:17:17
+        y_3 = self.mixer_core_attn(t2, h_1)  # specs/titans_mac.arch:17:7
+        t4 = self.op4(y_3)  # specs/titans_mac.arch:18:18
+        t5, state_memory = self.mixer_memory(y_3, state=state_memory, return_state=True)  # specs/titans_mac.arch:18:47
+        t6 = self.op6(t5)  # specs/titans_mac.arch:18:39
+        t7 = self.op7(t6)  # specs/titans_mac.arch:18:31
+        t8 = t4 * t7  # specs/titans_mac.arch:18:18
+        t9 = self.op9(t8)  # specs/titans_mac.arch:18:11
+        x_10 = x_in + t9  # specs/titans_mac.arch:18:7
+        t11 = self.op11(x_10)  # specs/titans_mac.arch:19:21
+        t12 = self.op12(t11)  # specs/titans_mac.arch:19:14
+        t13 = x_10 + t12  # specs/titans_mac.arch:19:10
+        return t13, {'memory': state_memory}  # specs/titans_mac.arch:19:3
 
 
 class Repeat1(nn.Module):
