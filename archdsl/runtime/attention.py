@@ -175,22 +175,13 @@ class AttentionLayer(nn.Module):
     def _extend_cache(self, x: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
         """The new tokens ``x [B, T, d_model]`` attend to every cached key and to each
         other, under the same mask and positions as one call on the whole sequence."""
-        b, t, _ = x.shape
-        p, start = self.att.persistent, cache.length
-        positions = torch.arange(start, start + t, device=x.device)
-        q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
-        if self.att.qk_norm:
-            q = self.q_norm(q)
-        q = self._rotated(q, positions, key=False)
-        k_new, v_new = self._kv(x, positions)
+        p, start, t = self.att.persistent, cache.length, x.shape[1]
+        q, k_new, v_new, positions = self._new_tokens(x, start)
         k = torch.cat([cache.k.to(k_new.dtype), k_new], dim=1)
         v = torch.cat([cache.v.to(v_new.dtype), v_new], dim=1)
         mask = attention_mask(self.att, start + t, x.device, first_row=p + start)
-        k_positions = torch.arange(-p, start + t, device=x.device)
-        bias = self._bias(q, positions, k_positions)
-        y = self._softmax(q, self._repeat_kv(k), self._repeat_kv(v), mask, bias)
-        out = self.o_proj(y.reshape(b, t, self.heads * self.head_dim))
-        return out, KVCache(k, v, start + t)
+        bias = self._bias(q, positions, torch.arange(-p, start + t, device=x.device))
+        return self._read(q, k, v, mask, bias), KVCache(k, v, start + t)
 
     def _extend_with_context(self, pair: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
         """`_extend_cache` with context tokens aligned with the queries (Titans MAC's memory
@@ -199,31 +190,35 @@ class AttentionLayer(nn.Module):
         context keys sit at position 0 after rope, as there. (The context part of the
         cache is kept in ``ctx_k``, ``ctx_v``.)"""
         x, context = pair.chunk(2, dim=-1)
-        b, t, _ = x.shape
-        p, start = self.att.persistent, cache.length
-        persist_k, persist_v = cache.k[:, :p], cache.v[:, :p]
-        tok_k, tok_v = cache.k[:, p:], cache.v[:, p:]
-        ctx_zero = torch.zeros(t, dtype=torch.long, device=x.device)
-        ck, cv = self._kv(context, ctx_zero - 1)  # negative: rope position 0
+        p, start, t = self.att.persistent, cache.length, x.shape[1]
+        ck, cv = self._kv(context, torch.full((t,), -1, device=x.device))  # rope position 0
         ctx_k = ck if cache.ctx_k is None else torch.cat([cache.ctx_k.to(ck.dtype), ck], dim=1)
         ctx_v = cv if cache.ctx_v is None else torch.cat([cache.ctx_v.to(cv.dtype), cv], dim=1)
+        q, k_new, v_new, _ = self._new_tokens(x, start)
+        kept_k = torch.cat([cache.k.to(k_new.dtype), k_new], dim=1)  # persistent, tokens
+        kept_v = torch.cat([cache.v.to(v_new.dtype), v_new], dim=1)
+        k = torch.cat([kept_k[:, :p], ctx_k, kept_k[:, p:]], dim=1)
+        v = torch.cat([kept_v[:, :p], ctx_v, kept_v[:, p:]], dim=1)
+        seen = start + t  # context tokens so far = tokens so far
+        mask = attention_mask(self.att, seen, x.device, extra=seen, first_row=p + seen + start)
+        out = self._read(q, k, v, mask, None)
+        return out, KVCache(kept_k, kept_v, seen, ctx_k, ctx_v)
+
+    def _new_tokens(self, x: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Queries (normed, rotated), keys and values of the new tokens ``x [B, T, d]``
+        at positions ``start .. start + T - 1``, and those positions."""
+        b, t, _ = x.shape
         positions = torch.arange(start, start + t, device=x.device)
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
         if self.att.qk_norm:
             q = self.q_norm(q)
-        q = self._rotated(q, positions, key=False)
-        k_new, v_new = self._kv(x, positions)
-        tok_k = torch.cat([tok_k.to(k_new.dtype), k_new], dim=1)
-        tok_v = torch.cat([tok_v.to(v_new.dtype), v_new], dim=1)
-        k = torch.cat([persist_k.to(k_new.dtype), ctx_k, tok_k], dim=1)
-        v = torch.cat([persist_v.to(v_new.dtype), ctx_v, tok_v], dim=1)
-        seen = start + t  # context tokens so far = tokens so far
-        mask = attention_mask(self.att, seen, x.device, extra=seen, first_row=p + seen + start)
-        y = self._softmax(q, self._repeat_kv(k), self._repeat_kv(v), mask, None)
-        out = self.o_proj(y.reshape(b, t, self.heads * self.head_dim))
-        kept_k = torch.cat([persist_k.to(k_new.dtype), tok_k], dim=1)
-        kept_v = torch.cat([persist_v.to(v_new.dtype), tok_v], dim=1)
-        return out, KVCache(kept_k, kept_v, seen, ctx_k, ctx_v)
+        k, v = self._kv(x, positions)
+        return self._rotated(q, positions, key=False), k, v, positions
+
+    def _read(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor:
+        """Softmax attention of the new queries over the cached keys, projected out."""
+        y = self._softmax(q, self._repeat_kv(k), self._repeat_kv(v), mask, bias)
+        return self.o_proj(y.reshape(*q.shape[:2], self.heads * self.head_dim))  # type: ignore[no-any-return]
 
     def _repeat_kv(self, z: Tensor) -> Tensor:
         if self.kv_heads == self.heads:
