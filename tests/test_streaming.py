@@ -199,14 +199,17 @@ MIXERS = [
     "vandermonde, causal, state = 8, conv = 3, expand = 1, headdim = 8",
     "quasiseparable, causal, state = 8, expand = 1, headdim = 8",
     "vandermonde, causal, fixed, state = 8, expand = 1, headdim = 8",
+    "toeplitz, causal, fixed, max_len = 32, conv = 3, expand = 1, headdim = 8",
+    "toeplitz, causal, fixed, kernel = s4d, state = 8, expand = 1, headdim = 8",
+    "cauchy, causal, fixed, max_len = 32, state = 8, expand = 1, headdim = 8",
 ]
 
 
 @pytest.mark.parametrize("options", MIXERS)
-def test_recurrent_mixers_continue_by_chunks_and_steps(tmp_path: Path, options: str) -> None:
-    """The matrix mixers with a recurrence: a prompt runs the chunked scan from the state
-    (semiseparable, lowrank, vandermonde/data, selective via mamba.arch), the others step
-    token by token; every piece equals the whole sequence."""
+def test_causal_mixers_continue(tmp_path: Path, options: str) -> None:
+    """The matrix mixers with a recurrence (a prompt runs the chunked scan from the state,
+    or steps) and the causal long convolutions (the new outputs as sums over the kept
+    inputs): every piece equals the whole sequence."""
     spec = tmp_path / "mix.arch"
     spec.write_text(
         "arch mix(d_model = 16, heads = 2, layers = 2, vocab = 20)\n"

@@ -66,6 +66,7 @@ from archdsl.mixers.recurrent import (
     scan_step,
 )
 from archdsl.mixers.selective_params import SelectiveParams, dt_rank
+from archdsl.mixers.toeplitz import causal_taps
 from archdsl.runtime.streaming import active_stream, rerun_on_history, run_streamed
 
 _SKIP_CLASSES = frozenset({"semiseparable", "toeplitz", "vandermonde", "cauchy"})
@@ -144,8 +145,44 @@ class MatrixMixerLayer(nn.Module):
         if active_stream() is not None:  # generation (`archdsl.runtime.streaming`)
             if self.steps:
                 return run_streamed(self, u, self.initial_state, self._continue)
+            if self._convolves():
+                return run_streamed(self, u, self._empty_history, self._convolve_new)
             return rerun_on_history(self, u, self._whole)
         return self._whole(u)
+
+    def _convolves(self) -> bool:
+        """A causal long convolution with fixed taps (toeplitz, S4's cauchy kernel)."""
+        fixed = self.mixer.cls == "toeplitz" or (self.mixer.cls == "cauchy" and not self.mixer.data)
+        return fixed and self.causal and self.fixed is not None
+
+    def _empty_history(self, batch: int) -> tuple[Tensor | None, Tensor]:
+        """The streamed state of a long convolution: the short conv's window and the
+        mixer inputs so far ``[B, 0, H, P]``."""
+        history = self.out_proj.weight.new_zeros(batch, 0, self.heads, self.headdim)
+        return self._zero_window(batch), history
+
+    def _convolve_new(
+        self, u: Tensor, state: tuple[Tensor | None, Tensor]
+    ) -> tuple[Tensor, tuple[Tensor | None, Tensor]]:
+        """The new tokens' outputs of a causal long convolution: ``y_t = sum_l h_l x_(t-l)``
+        over the kept inputs, ``O(T)`` per token, no FFT (the taps of lag ``l`` do not
+        depend on the length)."""
+        window, history = state
+        z, xt, dts = self._project(u)
+        if self.conv is not None:
+            assert window is not None
+            xt, window = self.conv.extend(xt, window)
+        x, x_flat, _ = self._mixer_inputs(F.silu(xt), dts)
+        history = torch.cat([history.to(x.dtype), x], dim=1)
+        total, new = history.shape[1], x.shape[1]
+        assert self.fixed is not None
+        taps = causal_taps(self.fixed.taps(total, True), total).to(x.dtype)  # type: ignore[operator]
+        lag = torch.arange(total - new, total, device=x.device)[:, None] - torch.arange(
+            total, device=x.device
+        )
+        rows = taps[:, lag.clamp(min=0)] * (lag >= 0)  # [H, new, total]
+        y = torch.einsum("hij,bjhp->bihp", rows, history)
+        return self._output(y, x, x_flat, z), (window, history)
 
     def _continue(self, u: Tensor, state: MixerState) -> tuple[Tensor, MixerState]:
         """``u [B, T, d_model]`` after ``state``: the chunked fast path from the state for
@@ -181,11 +218,15 @@ class MatrixMixerLayer(nn.Module):
         """The state before the first token (zeros), for `step`."""
         form = recurrent_form(self.mixer)
         like = self.out_proj.weight
-        window = None
-        if self.conv is not None:
-            window = like.new_zeros(batch, self.mixer.conv - 1, self.conv.conv1d.in_channels)
         scan = scan_state(form, batch, self.heads, self.mixer.state, self.headdim, like)
-        return MixerState(window, scan)
+        return MixerState(self._zero_window(batch), scan)
+
+    def _zero_window(self, batch: int) -> Tensor | None:
+        """The short conv's first window: zeros, as its causal left padding (None: no conv)."""
+        if self.conv is None:
+            return None
+        like = self.out_proj.weight
+        return like.new_zeros(batch, self.mixer.conv - 1, self.conv.conv1d.in_channels)
 
     def step(self, u: Tensor, state: MixerState) -> tuple[Tensor, MixerState]:
         """One token: ``u [B, d_model]`` -> ``(y [B, d_model], next state)``; stepping

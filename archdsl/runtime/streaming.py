@@ -16,9 +16,10 @@ a sequence (`run_streamed`):
   input;
 - attention keeps a cache of every key and value (its new queries attend to the cache
   under the whole sequence's mask and positions);
-- the mixers without a constant-size state (Toeplitz / Hyena, S4's Cauchy kernel) keep
-  their input history and recompute over it (`rerun_on_history`): exact but ``O(T)``
-  work per token;
+- the causal long convolutions (Toeplitz / Hyena, S4's Cauchy kernel) keep their mixer
+  inputs and form the new outputs as sums over them, ``O(T)`` work per token; the other
+  mixers without a constant-size state (dense, data-dependent Cauchy) keep their layer
+  inputs and recompute over them (`rerun_on_history`);
 - per-token modules (norms, MLPs, projections, heads) need nothing;
 - segmented blocks (Titans MAC) cut the new tokens at the whole sequence's segment ends
   (`stream_segments`): within a segment their modules continue, ``recall`` reads the
