@@ -24,7 +24,18 @@ from archdsl.runtime.streaming import StreamingModel
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = dict(d_model=256, heads=4, layers=4, vocab=1000)
-DEFAULT_SPECS = ["mamba2", "gated_deltanet", "gla", "retnet", "mamba", "transformer", "titans"]
+DEFAULT_SPECS = [
+    "mamba2",
+    "gated_deltanet",
+    "gla",
+    "retnet",
+    "mamba",
+    "s4d",
+    "hyena",
+    "transformer",
+    "titans",
+    "titans_mac",
+]
 
 
 def build(spec: str) -> StreamingModel:
