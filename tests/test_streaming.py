@@ -6,6 +6,7 @@ a chunk. Specs streaming does not support are refused by `begin` with the reason
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -85,6 +86,25 @@ def test_s4_with_a_fixed_kernel_length_streams(tmp_path: Path) -> None:
         assert not torch.allclose(stepped, model(ids), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("spec", ["titans", "mamba", "titans_mac"])
+def test_a_deep_copied_stream_branches(spec: str) -> None:
+    """``copy.deepcopy(stream)`` continues independently: two continuations of one
+    prompt each give their whole sequence's logits."""
+    model = _model(ROOT / "specs" / f"{spec}.arch")
+    prompt = torch.randint(0, 20, (2, 7))
+    a, b = torch.randint(0, 20, (2, 5)), torch.randint(0, 20, (2, 5))
+    with torch.no_grad():
+        stream = model.begin(2)
+        model.extend(prompt, stream)
+        branch = copy.deepcopy(stream)
+        got_a = model.extend(a, stream)
+        got_b = model.extend(b, branch)
+        want_a = model(torch.cat([prompt, a], dim=1))[:, 7:]
+        want_b = model(torch.cat([prompt, b], dim=1))[:, 7:]
+    torch.testing.assert_close(got_a, want_a, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(got_b, want_b, rtol=1e-7, atol=1e-9)
+
+
 def test_an_empty_piece_changes_nothing() -> None:
     model = _model(ROOT / "specs" / "mamba.arch")
     ids = torch.randint(0, 20, (2, 5))
@@ -97,11 +117,13 @@ def test_an_empty_piece_changes_nothing() -> None:
     torch.testing.assert_close(got, want)
 
 
-def test_a_wrong_batch_is_refused() -> None:
+def test_a_wrong_batch_or_another_models_stream_is_refused() -> None:
     model = _model(ROOT / "specs" / "mamba2.arch")
     stream = model.begin(2)
     with pytest.raises(ValueError, match="batch = 2"):
         model.extend(torch.zeros(3, 4, dtype=torch.long), stream)
+    with pytest.raises(ValueError, match="another model"):
+        _model(ROOT / "specs" / "mamba2.arch").extend(torch.zeros(2, 4, dtype=torch.long), stream)
 
 
 def test_token_shift_and_short_conv_ops_continue(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ the segment's length).
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,11 +53,20 @@ from archdsl.ir.spec import Arch
 class Stream:
     """The states of one batch of sequences being extended (see the module doc)."""
 
-    def __init__(self, batch: int) -> None:
+    def __init__(self, batch: int, owner: nn.Module | None = None) -> None:
         self.batch = batch
+        self.owner = owner  # the model that began it (None: any)
         self.length = 0  # tokens fed so far
         self.states: dict[tuple[nn.Module, int], Any] = {}
         self._calls: Counter[nn.Module] = Counter()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Stream:
+        """A branch: the states copied, the modules they belong to (the keys) and the
+        owner shared, so that both streams continue the same model independently."""
+        other = Stream(self.batch, self.owner)
+        other.length = self.length
+        other.states = {key: copy.deepcopy(value, memo) for key, value in self.states.items()}
+        return other
 
     def slot(self, module: nn.Module) -> tuple[nn.Module, int]:
         """The key of this call of ``module`` in the current ``extend`` (call order)."""
@@ -225,10 +235,12 @@ class StreamingModel(nn.Module):
         reason = unsupported_reason(self.arch)
         if reason is not None:
             raise ValueError(f"{self.arch.name}: {reason}")
-        return Stream(batch)
+        return Stream(batch, owner=self)
 
     def extend(self, ids: Tensor, stream: Stream) -> Tensor:
         """Logits ``[B, T, vocab]`` of the next ``T`` tokens ``ids [B, T]``."""
+        if stream.owner is not None and stream.owner is not self:
+            raise ValueError("extend: this stream was begun by another model")
         if ids.dim() != 2 or ids.shape[0] != stream.batch:
             raise ValueError(
                 f"extend: ids must be [batch = {stream.batch}, T], got {tuple(ids.shape)}"
