@@ -168,11 +168,7 @@ class MatrixMixerLayer(nn.Module):
         over the kept inputs, ``O(T)`` per token, no FFT (the taps of lag ``l`` do not
         depend on the length)."""
         window, history = state
-        z, xt, dts = self._project(u)
-        if self.conv is not None:
-            assert window is not None
-            xt, window = self.conv.extend(xt, window)
-        x, x_flat, _ = self._mixer_inputs(F.silu(xt), dts)
+        z, x, x_flat, _, window = self._inputs_after(u, window)
         history = torch.cat([history.to(x.dtype), x], dim=1)
         total, new = history.shape[1], x.shape[1]
         assert self.fixed is not None
@@ -190,12 +186,7 @@ class MatrixMixerLayer(nn.Module):
         form = recurrent_form(self.mixer)
         if u.shape[1] == 1 or form not in CHUNKED_FORMS:
             return self._step_through(u, state)
-        z, xt, dts = self._project(u)
-        window = state.conv
-        if self.conv is not None:
-            assert window is not None
-            xt, window = self.conv.extend(xt, window)
-        x, x_flat, params = self._mixer_inputs(F.silu(xt), dts)
+        z, x, x_flat, params, window = self._inputs_after(u, state.conv)
         y, scan = chunked_from_state(form, x, params, state.scan)
         return self._output(y, x, x_flat, z), MixerState(window, scan)
 
@@ -232,15 +223,22 @@ class MatrixMixerLayer(nn.Module):
         """One token: ``u [B, d_model]`` -> ``(y [B, d_model], next state)``; stepping
         through a sequence gives `forward`'s outputs."""
         form = recurrent_form(self.mixer)
-        z, xt, dts = self._project(u.unsqueeze(1))
-        window = state.conv
-        if self.conv is not None:
-            assert window is not None
-            xt, window = self.conv.step(xt, window)
-        x, x_flat, params = self._mixer_inputs(F.silu(xt), dts)
+        z, x, x_flat, params, window = self._inputs_after(u.unsqueeze(1), state.conv)
         y, scan, prev = scan_step(form, x[:, 0], params, state)
         out = self._output(y.unsqueeze(1), x, x_flat, z)
         return out[:, 0], MixerState(window, scan, prev)
+
+    def _inputs_after(
+        self, u: Tensor, window: Tensor | None
+    ) -> tuple[Tensor | None, Tensor, Tensor, dict[str, Any], Tensor | None]:
+        """`_whole`'s inputs for new tokens ``u [B, T, d_model]`` whose short conv
+        continues from ``window``: ``(z, x, x flat, parameters, next window)``."""
+        z, xt, dts = self._project(u)
+        if self.conv is not None:
+            assert window is not None
+            xt, window = self.conv.extend(xt, window)
+        x, x_flat, params = self._mixer_inputs(F.silu(xt), dts)
+        return z, x, x_flat, params, window
 
     def _project(self, u: Tensor) -> tuple[Tensor | None, Tensor, dict[str, Tensor]]:
         """``(z, conv input [B, T, C] = x | per-token inputs, step sizes)``."""

@@ -84,24 +84,13 @@ class ShortConv(nn.Module):
 
     def extend(self, x: Tensor, window: Tensor) -> tuple[Tensor, Tensor]:
         """The causal conv of ``x [B, T, C]`` after the previous ``kernel - 1`` inputs
-        ``window``: ``(out [B, T, C], next window)`` (`step` for any T)."""
+        ``window`` (zeros at the start, as the padding): ``(out [B, T, C], next window)``; one
+        token at a time, the recurrent step."""
         if not self.causal:
             raise NotImplementedError("a centred (non-causal) conv has no recurrent step")
         full = torch.cat([window.to(x.dtype), x], dim=1)
         out = self.conv1d(full.transpose(1, 2)).transpose(1, 2)
         return out, full[:, full.shape[1] - (self.kernel - 1) :]
-
-    def step(self, x: Tensor, window: Tensor) -> tuple[Tensor, Tensor]:
-        """One token of the causal conv: ``x [B, 1, C]``, ``window`` the previous
-        ``kernel - 1`` inputs ``[B, kernel - 1, C]`` (zeros at the start, as the padding).
-        Returns ``(out [B, 1, C], next window)``."""
-        if not self.causal:
-            raise NotImplementedError("a centred (non-causal) conv has no recurrent step")
-        full = torch.cat([window, x], dim=1)  # inputs t - k + 1 .. t
-        out = torch.einsum("bkc,ck->bc", full, self.conv1d.weight[:, 0, :])
-        if self.conv1d.bias is not None:
-            out = out + self.conv1d.bias
-        return out.unsqueeze(1), full[:, 1:]
 
 
 class GatedRMSNorm(nn.Module):
